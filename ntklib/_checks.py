@@ -1,0 +1,119 @@
+"""Validation at ntklib's public edge: every user error becomes a ValueError/TypeError that names
+the argument and what was expected, instead of a silent wrong answer."""
+
+from __future__ import annotations
+
+import math
+from numbers import Integral, Real
+
+import torch
+from torch import Tensor
+
+
+def as_matrix(name: str, X: object) -> Tensor:
+    """Check that ``X`` is a finite, non-empty, floating-point tensor of shape (n, d)."""
+    if not isinstance(X, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (n, d); got {type(X).__name__}")
+    if X.ndim != 2:
+        hint = f" (for 1-D inputs use {name}[:, None])" if X.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D of shape (n, d); got shape {tuple(X.shape)}{hint}")
+    if X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(X.shape)}; need at least one row and one column")
+    check_floating(name, X)
+    check_finite(name, X)
+    return X
+
+
+def check_floating(name: str, X: Tensor) -> None:
+    if not X.dtype.is_floating_point:
+        raise TypeError(f"{name} must have a floating-point dtype (float32 or float64); got {X.dtype}")
+
+
+def check_finite(name: str, X: Tensor) -> None:
+    if not bool(torch.isfinite(X).all()):
+        n_bad = int((~torch.isfinite(X)).sum())
+        raise ValueError(f"{name} contains {n_bad} NaN or infinite value(s)")
+
+
+def check_same_placement(names: tuple[str, str], A: Tensor, B: Tensor) -> None:
+    """Same device and dtype: ntklib never moves or casts tensors behind the caller's back."""
+    if A.device != B.device:
+        raise ValueError(f"{names[0]} is on {A.device} but {names[1]} is on {B.device}; move both to one device")
+    if A.dtype != B.dtype:
+        raise TypeError(f"{names[0]} has dtype {A.dtype} but {names[1]} has {B.dtype}; cast both to one dtype")
+
+
+def as_matrix_pair(X: object, Z: object | None) -> tuple[Tensor, Tensor]:
+    """Validate the (X, Z) arguments of a kernel; ``Z=None`` means ``Z = X``."""
+    X = as_matrix("X", X)
+    if Z is None:
+        return X, X
+    Z = as_matrix("Z", Z)
+    check_same_placement(("X", "Z"), X, Z)
+    if X.shape[1] != Z.shape[1]:
+        raise ValueError(
+            f"feature dimensions differ: X has d={X.shape[1]} columns but Z has d={Z.shape[1]}"
+        )
+    return X, Z
+
+
+def as_targets(name: str, y: object, n: int, like: Tensor) -> Tensor:
+    """Targets of shape (n,) or (n, k), finite, on the same device and dtype as ``like``."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (n,) or (n, k); got {type(y).__name__}")
+    if y.ndim not in (1, 2):
+        raise ValueError(f"{name} must have shape (n,) or (n, k); got shape {tuple(y.shape)}")
+    if y.shape[0] != n:
+        raise ValueError(f"{name} has {y.shape[0]} rows but there are n={n} training points")
+    check_floating(name, y)
+    check_same_placement(("training data", name), like, y)
+    check_finite(name, y)
+    return y
+
+
+def as_square(name: str, K: object) -> Tensor:
+    """A finite floating-point square matrix (n, n) with n >= 1."""
+    K = as_matrix(name, K)
+    if K.shape[0] != K.shape[1]:
+        raise ValueError(f"{name} must be square (n, n); got shape {tuple(K.shape)}")
+    return K
+
+
+def positive_real(name: str, value: object) -> float:
+    value = _real(name, value)
+    if not value > 0:
+        raise ValueError(f"{name} must be > 0; got {value}")
+    return value
+
+
+def nonnegative_real(name: str, value: object) -> float:
+    value = _real(name, value)
+    if not value >= 0:
+        raise ValueError(f"{name} must be >= 0; got {value}")
+    return value
+
+
+def nonnegative_int(name: str, value: object) -> int:
+    if isinstance(value, bool) or not isinstance(value, Integral):
+        raise TypeError(f"{name} must be an integer; got {value!r}")
+    if value < 0:
+        raise ValueError(f"{name} must be >= 0; got {value}")
+    return int(value)
+
+
+def positive_int(name: str, value: object) -> int:
+    value = nonnegative_int(name, value)
+    if value == 0:
+        raise ValueError(f"{name} must be >= 1; got 0")
+    return value
+
+
+def _real(name: str, value: object) -> float:
+    if isinstance(value, Tensor) and value.numel() == 1:
+        value = value.item()
+    if isinstance(value, bool) or not isinstance(value, Real):
+        raise TypeError(f"{name} must be a real number; got {value!r}")
+    value = float(value)
+    if not math.isfinite(value):
+        raise ValueError(f"{name} must be finite; got {value}")
+    return value

@@ -1,0 +1,104 @@
+"""Gradient descent on the squared loss, in feature space (primal) and with the kernel (dual).
+
+Loss: L = 1/(2n) sum_i (f(x_i) - y_i)^2, the scaling used throughout the book, so that gradient
+flow in function space reads df/dt = -(1/n) K (f - y).
+
+Primal, with Phi the (n, k) features:  theta <- theta - (lr/n) Phi^T (Phi theta - y).
+Dual, writing theta = theta_0 + Phi^T alpha (the representer argument):
+    alpha <- alpha - (lr/n) (f_0 + K alpha - y),  f_0 = Phi theta_0,  K = Phi Phi^T,
+which only touches features through K. Started at alpha = 0 both give the same predictions at
+every step: f(z) = phi(z).theta_0 + k(z, X) alpha.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import Tensor
+
+from ._checks import (
+    as_matrix,
+    as_square,
+    as_targets,
+    check_finite,
+    check_floating,
+    check_same_placement,
+    nonnegative_int,
+    positive_real,
+)
+
+
+def primal_gradient_descent(
+    Phi: Tensor, y: Tensor, lr: float, steps: int, theta0: Tensor | None = None
+) -> Tensor:
+    """Run ``steps`` GD steps on theta in feature space.
+
+    Args:
+        Phi: (n, k) training features.
+        y: (n,) targets.
+        lr: step size eta > 0.
+        steps: number of steps >= 0.
+        theta0: (k,) initial parameters (zeros when None).
+
+    Returns:
+        thetas: (steps + 1, k), the iterates theta_0 ... theta_steps.
+    """
+    Phi = as_matrix("Phi", Phi)
+    y = _as_vector_targets(y, Phi)
+    lr = positive_real("lr", lr)
+    steps = nonnegative_int("steps", steps)
+    n, k = Phi.shape
+    theta = _initial("theta0", theta0, k, like=Phi)
+    thetas = [theta]
+    for _ in range(steps):
+        theta = theta - (lr / n) * (Phi.T @ (Phi @ theta - y))
+        thetas.append(theta)
+    return torch.stack(thetas)
+
+
+def dual_gradient_descent(
+    K: Tensor, y: Tensor, lr: float, steps: int, f0: Tensor | None = None
+) -> Tensor:
+    """Run ``steps`` GD steps on the dual coefficients alpha (theta = theta_0 + Phi^T alpha).
+
+    Args:
+        K: (n, n) training kernel matrix.
+        y: (n,) targets.
+        lr: step size eta > 0.
+        steps: number of steps >= 0.
+        f0: (n,) predictions of theta_0 on the training points, Phi theta_0 (zeros when None).
+
+    Returns:
+        alphas: (steps + 1, n), starting from alpha = 0.
+    """
+    K = as_square("K", K)
+    y = _as_vector_targets(y, K)
+    lr = positive_real("lr", lr)
+    steps = nonnegative_int("steps", steps)
+    n = K.shape[0]
+    f0 = _initial("f0", f0, n, like=K)
+    alpha = torch.zeros(n, dtype=K.dtype, device=K.device)
+    alphas = [alpha]
+    for _ in range(steps):
+        alpha = alpha - (lr / n) * (f0 + K @ alpha - y)
+        alphas.append(alpha)
+    return torch.stack(alphas)
+
+
+def _as_vector_targets(y: Tensor, like: Tensor) -> Tensor:
+    y = as_targets("y", y, like.shape[0], like=like)
+    if y.ndim != 1:
+        raise ValueError(f"y must have shape (n,) here; got {tuple(y.shape)}")
+    return y
+
+
+def _initial(name: str, value: Tensor | None, size: int, like: Tensor) -> Tensor:
+    if value is None:
+        return torch.zeros(size, dtype=like.dtype, device=like.device)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape ({size},); got {type(value).__name__}")
+    if value.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},); got {tuple(value.shape)}")
+    check_floating(name, value)
+    check_same_placement(("inputs", name), like, value)
+    check_finite(name, value)
+    return value
