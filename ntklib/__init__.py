@@ -12,6 +12,7 @@ from .features import (
     polynomial_features,
     random_fourier_features,
 )
+from .infinite import Kernels, infinite_width_kernels
 from .kernels import gaussian_kernel, linear_kernel, polynomial_kernel, squared_distances
 from .mercer import MercerReport, mercer_check
 from .ridge import KernelRidge, solve_kernel_system
@@ -20,11 +21,13 @@ __version__ = "0.1.0"
 
 __all__ = [
     "KernelRidge",
+    "Kernels",
     "MercerReport",
     "available_devices",
     "default_device",
     "dual_gradient_descent",
     "gaussian_kernel",
+    "infinite_width_kernels",
     "linear_kernel",
     "mercer_check",
     "monomial_exponents",

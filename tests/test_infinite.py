@@ -1,0 +1,157 @@
+"""Analytic infinite-width kernels against closed forms, Gaussian Monte Carlo and each other."""
+
+import math
+
+import pytest
+import torch
+
+from ntklib.infinite import activation_dual, infinite_width_kernels
+from conftest import randn
+
+ACTIVATION_FUNCTIONS = {
+    "relu": torch.relu,
+    "erf": torch.special.erf,
+    "identity": lambda u: u,
+    "abs": torch.abs,
+    "leaky_relu": lambda u: torch.nn.functional.leaky_relu(u, 0.2),
+}
+DERIVATIVES = {
+    "relu": lambda u: (u > 0).to(u.dtype),
+    "erf": lambda u: 2 / math.sqrt(math.pi) * torch.exp(-u * u),
+    "identity": torch.ones_like,
+    "abs": torch.sign,
+    "leaky_relu": lambda u: torch.where(u > 0, 1.0, 0.2).to(u.dtype),
+}
+
+
+@pytest.mark.parametrize("activation", sorted(ACTIVATION_FUNCTIONS))
+def test_dual_maps_match_gaussian_monte_carlo(activation):
+    """E[phi(u) phi(v)] and E[phi'(u) phi'(v)] over (u, v) ~ N(0, C), by 400,000 samples with
+    antithetic pairs. Both integrands have variance below ~10 here, so 6 standard errors are
+    below 6 * sqrt(10 / 4e5) ~ 0.03."""
+    gen = torch.Generator().manual_seed(0)
+    dual = activation_dual(activation, negative_slope=0.2)
+    for s_xx, s_zz, s_xz in [(1.0, 1.0, 0.3), (2.0, 0.5, -0.8), (1.5, 1.5, 1.49), (0.7, 1.2, 0.0)]:
+        L = torch.linalg.cholesky(torch.tensor([[s_xx, s_xz], [s_xz, s_zz]], dtype=torch.float64))
+        g = torch.randn(200_000, 2, generator=gen, dtype=torch.float64)
+        uv = torch.cat([g, -g]) @ L.T
+        u, v = uv[:, 0], uv[:, 1]
+        phi, dphi = ACTIVATION_FUNCTIONS[activation], DERIVATIVES[activation]
+        expected = (phi(u) * phi(v)).mean(), (dphi(u) * dphi(v)).mean()
+        col, row = torch.tensor([[s_xx]], dtype=torch.float64), torch.tensor([[s_zz]], dtype=torch.float64)
+        nngp, derivative = dual(col, row, torch.tensor([[s_xz]], dtype=torch.float64))
+        assert float(nngp) == pytest.approx(float(expected[0]), abs=0.03)
+        assert float(derivative) == pytest.approx(float(expected[1]), abs=0.03)
+
+
+def test_one_hidden_layer_relu_matches_the_arc_cosine_formula(device, rng):
+    """K(x, z) = |x||z|/d J(t) with the Cho & Saul form J = (sin t + (pi - t) cos t)/(2 pi) and
+    NTK = NNGP + (x.z/d)(pi - t)/(2 pi), for W_std = 1, b_std = 0."""
+    X = randn(7, 4, generator=rng, device=device)
+    Z = randn(5, 4, generator=rng, device=device)
+    k = infinite_width_kernels(X, Z, depth=1, activation="relu")
+    dot = (X @ Z.T).cpu() / 4
+    norms = X.norm(dim=1).cpu()[:, None] * Z.norm(dim=1).cpu()[None, :] / 4
+    t = torch.arccos(dot / norms)
+    nngp = norms * (torch.sin(t) + (math.pi - t) * torch.cos(t)) / (2 * math.pi)
+    torch.testing.assert_close(k.nngp.cpu(), nngp, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(k.ntk.cpu(), nngp + dot * (math.pi - t) / (2 * math.pi), rtol=1e-12, atol=1e-12)
+    assert k.nngp.device.type == device.type and k.ntk.dtype == torch.float64
+
+
+def test_one_hidden_layer_erf_matches_the_arcsine_formula(rng):
+    X = randn(6, 3, generator=rng, device="cpu")
+    W_std, b_std = 1.3, 0.4
+    k = infinite_width_kernels(X, depth=1, activation="erf", W_std=W_std, b_std=b_std)
+    s = W_std**2 * X @ X.T / 3 + b_std**2  # first Dense
+    dxx = s.diagonal()
+    prod = (1 + 2 * dxx)[:, None] * (1 + 2 * dxx)[None, :]
+    nngp1 = 2 / math.pi * torch.arcsin(2 * s / prod.sqrt())
+    derivative = 4 / math.pi / (prod - 4 * s**2).sqrt()
+    torch.testing.assert_close(k.nngp, W_std**2 * nngp1 + b_std**2, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(k.ntk, W_std**2 * (nngp1 + s * derivative) + b_std**2, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("depth", [1, 2, 5])
+def test_deep_linear_network_closed_form(depth, rng):
+    """Identity activation, "ntk": Sigma_l = W^2 Sigma_{l-1} + b^2 and Theta_l = W^2(Sigma_{l-1}
+    + Theta_{l-1}) + b^2 are linear recursions with depth + 1 Dense layers."""
+    X = randn(4, 3, generator=rng, device="cpu")
+    W2, b2 = 1.5**2, 0.3**2
+    sigma, theta = X @ X.T / 3, torch.zeros(4, 4, dtype=torch.float64)
+    for _ in range(depth + 1):
+        sigma, theta = W2 * sigma + b2, W2 * (sigma + theta) + b2
+    k = infinite_width_kernels(X, depth=depth, activation="identity", W_std=1.5, b_std=0.3)
+    torch.testing.assert_close(k.nngp, sigma, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(k.ntk, theta, rtol=1e-12, atol=1e-12)
+
+
+def test_standard_parameterization_of_a_linear_network():
+    """One hidden layer, identity, "standard", width w, bias: Theta = d Sigma0 + 1 (first layer)
+    then w Sigma1 + W^2 Theta1 + 1 (readout), with Sigma1 = W^2 Sigma0 + b^2."""
+    X = torch.tensor([[1.0, 2.0], [-0.5, 0.3]], dtype=torch.float64)
+    W2, b2, w = 2.0, 0.25, 100
+    sigma0 = X @ X.T / 2
+    theta1 = 2 * sigma0 + 1
+    sigma1 = W2 * sigma0 + b2
+    k = infinite_width_kernels(X, depth=1, activation="identity", W_std=math.sqrt(W2), b_std=0.5,
+                               parameterization="standard", width=w)
+    torch.testing.assert_close(k.ntk, w * sigma1 + W2 * theta1 + 1, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(k.nngp, W2 * sigma1 + b2, rtol=1e-12, atol=1e-12)
+    no_bias = infinite_width_kernels(X, depth=1, activation="identity", W_std=math.sqrt(W2), b_std=None,
+                                     parameterization="standard", width=w)
+    torch.testing.assert_close(no_bias.ntk, w * W2 * sigma0 + W2 * 2 * sigma0, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf", "abs", "leaky_relu"])
+def test_row_blocks_do_not_change_the_result(activation, rng):
+    X = randn(9, 3, generator=rng, device="cpu")
+    Z = randn(4, 3, generator=rng, device="cpu")
+    whole = infinite_width_kernels(X, Z, depth=3, activation=activation, b_std=0.2)
+    blocks = infinite_width_kernels(X, Z, depth=3, activation=activation, b_std=0.2, block_size=2)
+    torch.testing.assert_close(whole.nngp, blocks.nngp, rtol=0, atol=0)
+    torch.testing.assert_close(whole.ntk, blocks.ntk, rtol=0, atol=0)
+
+
+def test_symmetric_psd_and_consistent_diagonal(rng):
+    X = randn(12, 5, generator=rng, device="cpu")
+    k = infinite_width_kernels(X, depth=3, b_std=0.1)
+    for K in k:
+        torch.testing.assert_close(K, K.T, rtol=0, atol=1e-14)
+        assert torch.linalg.eigvalsh(K).min() > -1e-12
+    # The self kernel's diagonal is exact: cosine 1, so the NTK's diagonal follows the scalar
+    # recursion Theta_l = (Theta_{l-1} + Sigma_{l-1}) * 1/2 ... computed here by the identity |x|^2.
+    torch.testing.assert_close(k.nngp.diagonal(), infinite_width_kernels(X, X.clone(), depth=3, b_std=0.1).nngp.diagonal(), rtol=1e-7, atol=0)
+    # The cross kernel's rows agree with the self kernel's. Near-duplicate pairs lose digits:
+    # arccos(1 - e) ~ sqrt(2 e), so a last-bit difference in x.x moves the NTK by ~1e-8.
+    torch.testing.assert_close(infinite_width_kernels(X[:3], X, depth=3, b_std=0.1).ntk, k.ntk[:3], rtol=1e-7, atol=1e-12)
+
+
+@pytest.mark.parametrize("activation", ["relu", "erf", "abs", "leaky_relu", "identity"])
+def test_float32_has_no_nan_for_duplicates_and_zero_vectors(activation):
+    X = torch.tensor([[0.0, 0.0], [1.0, 2.0], [1.0, 2.0], [1e-20, 0.0], [-3.0, 10.0]], dtype=torch.float32)
+    for b_std in (0.0, 0.5):
+        for scale in (1e-30, 1.0, 1e3):
+            k = infinite_width_kernels(X * scale, depth=4, activation=activation, b_std=b_std)
+            assert torch.isfinite(k.nngp).all() and torch.isfinite(k.ntk).all()
+        k = infinite_width_kernels(X, depth=4, activation=activation, b_std=b_std)
+        k64 = infinite_width_kernels(X.double(), depth=4, activation=activation, b_std=b_std)
+        torch.testing.assert_close(k.ntk.double(), k64.ntk, rtol=1e-4, atol=1e-5)
+
+
+def test_errors():
+    X = torch.ones(3, 2, dtype=torch.float64)
+    with pytest.raises(ValueError, match="unknown activation 'tanh'; expected one of: abs, erf, identity, leaky_relu, relu"):
+        infinite_width_kernels(X, activation="tanh")
+    with pytest.raises(ValueError, match="unknown parameterization 'mup'"):
+        infinite_width_kernels(X, parameterization="mup")
+    with pytest.raises(ValueError, match="depth must be >= 1"):
+        infinite_width_kernels(X, depth=0)
+    with pytest.raises(ValueError, match="width is required"):
+        infinite_width_kernels(X, parameterization="standard")
+    with pytest.raises(ValueError, match="width must be >= 1"):
+        infinite_width_kernels(X, parameterization="standard", width=0)
+    with pytest.raises(ValueError, match="feature dimensions differ"):
+        infinite_width_kernels(X, torch.ones(2, 3, dtype=torch.float64))
+    with pytest.raises(ValueError, match="W_std must be > 0"):
+        infinite_width_kernels(X, W_std=0.0)
