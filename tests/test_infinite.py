@@ -1,6 +1,8 @@
 """Analytic infinite-width kernels against closed forms, Gaussian Monte Carlo and each other."""
 
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
@@ -155,3 +157,45 @@ def test_errors():
         infinite_width_kernels(X, torch.ones(2, 3, dtype=torch.float64))
     with pytest.raises(ValueError, match="W_std must be > 0"):
         infinite_width_kernels(X, W_std=0.0)
+
+
+REFERENCE = json.loads((Path(__file__).parent / "data" / "neural_tangents_reference.json").read_text())
+
+
+@pytest.mark.parametrize("case", REFERENCE["cases"], ids=lambda c: "{activation}-d{depth}-W{W_std}-b{b_std}-{parameterization}-{pair}".format(**c))
+def test_matches_neural_tangents(case):
+    """Numbers computed by neural-tangents 0.6.5 in float64 (tests/data/make_neural_tangents_reference.py)."""
+    X = torch.tensor(REFERENCE["X"], dtype=torch.float64)
+    Z = torch.tensor(REFERENCE["Z"], dtype=torch.float64) if case["pair"] == "XZ" else None
+    k = infinite_width_kernels(
+        X, Z, depth=case["depth"], activation=case["activation"], W_std=case["W_std"], b_std=case["b_std"],
+        parameterization=case["parameterization"], width=case["width"], negative_slope=case["negative_slope"],
+    )
+    for ours, name in ((k.nngp, "nngp"), (k.ntk, "ntk")):
+        reference = torch.tensor(case[name], dtype=torch.float64)
+        atol = 1e-12 * float(reference.abs().max())
+        if Z is None:
+            # On the self-kernel's diagonal neural-tangents takes the cosine from x.x, whose last
+            # bit can put it just below 1, and arccos(1 - e) ~ sqrt(2 e) turns that into ~1e-8;
+            # ours uses cosine 1 there (exactness checked in test_relu_diagonal_is_exact).
+            off = ~torch.eye(len(X), dtype=torch.bool)
+            torch.testing.assert_close(ours[off], reference[off], rtol=1e-10, atol=atol)
+            torch.testing.assert_close(ours.diagonal(), reference.diagonal(), rtol=1e-7, atol=atol)
+        else:
+            torch.testing.assert_close(ours, reference, rtol=1e-10, atol=atol)
+
+
+def test_relu_diagonal_is_exact():
+    """At x = z the angle is 0, so ReLU halves Sigma and its derivative term is exactly 1/2:
+    a scalar recursion in Python floats."""
+    X = torch.tensor([[0.3, -1.2, 2.0], [1.0, 1.0, 1.0]], dtype=torch.float64)
+    W2, b2, depth = 1.7**2, 0.1**2, 4
+    k = infinite_width_kernels(X, depth=depth, W_std=1.7, b_std=0.1)
+    for i, x in enumerate(X.tolist()):
+        sigma, theta = sum(v * v for v in x) / 3, 0.0
+        for _ in range(depth):
+            sigma, theta = W2 * sigma + b2, W2 * (sigma + theta) + b2
+            sigma, theta = sigma / 2, theta / 2
+        sigma, theta = W2 * sigma + b2, W2 * (sigma + theta) + b2
+        assert float(k.nngp[i, i]) == pytest.approx(sigma, rel=1e-14)
+        assert float(k.ntk[i, i]) == pytest.approx(theta, rel=1e-14)
