@@ -97,7 +97,8 @@ def random_fourier_features(
         X: (n, d) inputs.
         num_features: D >= 1.
         sigma: bandwidth of the Gaussian kernel, > 0.
-        generator: a ``torch.Generator`` on X's device; the global generator when None.
+        generator: a ``torch.Generator`` (on any device: the draw is moved to X's device);
+            the global generator when None.
 
     Returns:
         Phi: (n, D), on X's device and dtype.
@@ -105,9 +106,9 @@ def random_fourier_features(
     X = as_matrix("X", X)
     num_features = positive_int("num_features", num_features)
     sigma = positive_real("sigma", sigma)
-    if generator is not None and generator.device.type != X.device.type:
-        raise ValueError(f"generator is on {generator.device} but X is on {X.device}")
     d = X.shape[1]
-    W = torch.randn(d, num_features, generator=generator, dtype=X.dtype, device=X.device) / sigma
-    b = torch.rand(num_features, generator=generator, dtype=X.dtype, device=X.device) * (2 * math.pi)
+    # Drawn on the generator's device, then moved: one seed gives the same features everywhere.
+    where = X.device if generator is None else generator.device
+    W = torch.randn(d, num_features, generator=generator, dtype=X.dtype, device=where).to(X.device) / sigma
+    b = torch.rand(num_features, generator=generator, dtype=X.dtype, device=where).to(X.device) * (2 * math.pi)
     return math.sqrt(2.0 / num_features) * torch.cos(X @ W + b)

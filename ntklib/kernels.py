@@ -32,13 +32,18 @@ def polynomial_kernel(X: Tensor, Z: Tensor | None = None, degree: int = 2, c: fl
 def squared_distances(X: Tensor, Z: Tensor | None = None) -> Tensor:
     """D[i, j] = |x_i - z_j|^2, computed as |x|^2 + |z|^2 - 2 x.z and clamped at 0.
 
+    With ``Z=None`` the diagonal is exactly 0.
+
     The expansion costs one matrix product instead of an (n, m, d) difference tensor; rounding
     can push it slightly below zero for (near-)duplicate points, hence the clamp.
     """
     X, Z = as_matrix_pair(X, Z)
     x_sq = (X * X).sum(dim=1)  # (n,)
     z_sq = (Z * Z).sum(dim=1)  # (m,)
-    return (x_sq[:, None] + z_sq[None, :] - 2.0 * (X @ Z.T)).clamp_min_(0.0)
+    D = (x_sq[:, None] + z_sq[None, :] - 2.0 * (X @ Z.T)).clamp_min_(0.0)
+    if Z is X:
+        D.fill_diagonal_(0.0)  # exactly, so that sqrt(D) is 0 there and not ~1e-8
+    return D
 
 
 def gaussian_kernel(X: Tensor, Z: Tensor | None = None, sigma: float = 1.0) -> Tensor:

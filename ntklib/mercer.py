@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
@@ -20,7 +20,9 @@ class MercerReport:
         min_eigenvalue: smallest eigenvalue of the symmetric part (K + K^T) / 2.
         max_eigenvalue: largest eigenvalue of the symmetric part.
         tol: the tolerance used for both tests.
+        eigenvalues: (n,) all eigenvalues of the symmetric part, ascending, on K's device.
         is_psd: symmetric and min_eigenvalue >= -tol: the matrix can be a kernel matrix.
+        numerical_rank: the number of eigenvalues above tol.
     """
 
     symmetric: bool
@@ -28,10 +30,15 @@ class MercerReport:
     min_eigenvalue: float
     max_eigenvalue: float
     tol: float
+    eigenvalues: Tensor = field(repr=False, compare=False)
 
     @property
     def is_psd(self) -> bool:
         return self.symmetric and self.min_eigenvalue >= -self.tol
+
+    @property
+    def numerical_rank(self) -> int:
+        return int((self.eigenvalues > self.tol).sum())
 
     def __str__(self) -> str:
         verdict = "PSD: can be a kernel matrix" if self.is_psd else "NOT a kernel matrix"
@@ -70,4 +77,5 @@ def mercer_check(K: Tensor, tol: float | None = None) -> MercerReport:
         min_eigenvalue=float(eigenvalues[0]),
         max_eigenvalue=float(eigenvalues[-1]),
         tol=tol,
+        eigenvalues=eigenvalues,
     )

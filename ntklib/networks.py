@@ -33,7 +33,8 @@ def _relu_derivative(h: Tensor, negative_slope: float) -> Tensor:
 
 def _leaky_relu_derivative(h: Tensor, negative_slope: float) -> Tensor:
     # negative_slope at h = 0, as torch's autograd for leaky_relu.
-    return torch.where(h > 0, 1.0, negative_slope).to(h.dtype)
+    # (torch.where with Python scalars would round the slope to the default dtype.)
+    return torch.full_like(h, negative_slope).masked_fill_(h > 0, 1.0)
 
 
 _ERF_SLOPE = 2.0 / math.sqrt(math.pi)

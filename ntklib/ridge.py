@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 from typing import Callable
 
 import torch
@@ -91,5 +92,12 @@ class KernelRidge:
         return self.kernel(Z, self.X_fit_) @ self.dual_coef_
 
     def __repr__(self) -> str:
-        name = getattr(self.kernel, "__name__", None) or repr(self.kernel)
-        return f"KernelRidge(kernel={name}, ridge={self.ridge:g})"
+        return f"KernelRidge(kernel={_describe(self.kernel)}, ridge={self.ridge:g})"
+
+
+def _describe(kernel: Kernel) -> str:
+    """``polynomial_kernel(degree=3)`` for ``functools.partial(polynomial_kernel, degree=3)``."""
+    if isinstance(kernel, functools.partial):
+        arguments = [repr(a) for a in kernel.args] + [f"{k}={v!r}" for k, v in kernel.keywords.items()]
+        return f"{_describe(kernel.func)}({', '.join(arguments)})"
+    return getattr(kernel, "__name__", None) or type(kernel).__name__

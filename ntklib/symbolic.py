@@ -47,6 +47,8 @@ def degree2_map_d2(x: sp.Matrix, constant: bool = True) -> list[sp.Expr]:
     constant=True:  phi(x) = [1, sqrt2 x1, sqrt2 x2, x1^2, sqrt2 x1 x2, x2^2]  for (x.z + 1)^2;
     constant=False: phi(x) = [x1^2, sqrt2 x1 x2, x2^2]                          for (x.z)^2.
     """
+    if len(x) != 2:
+        raise ValueError(f"degree2_map_d2 is the map for d = 2; got a vector of length {len(x)}")
     x1, x2 = x
     r2 = sp.sqrt(2)
     quadratic = [x1**2, r2 * x1 * x2, x2**2]

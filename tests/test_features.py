@@ -54,3 +54,11 @@ def test_random_fourier_features_share_a_draw_when_seeded_alike():
     a = nk.random_fourier_features(X, 10, generator=torch.Generator().manual_seed(3))
     b = nk.random_fourier_features(X, 10, generator=torch.Generator().manual_seed(3))
     assert torch.equal(a, b)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs cuda")
+def test_random_fourier_features_same_draw_on_every_device():
+    X = torch.randn(4, 2, dtype=torch.float64)
+    cpu = nk.random_fourier_features(X, 10, generator=torch.Generator().manual_seed(3))
+    gpu = nk.random_fourier_features(X.cuda(), 10, generator=torch.Generator().manual_seed(3))
+    torch.testing.assert_close(gpu.cpu(), cpu)

@@ -50,3 +50,8 @@ def test_gaussian_has_no_negative_distances_for_duplicate_points(rng):
 def test_polynomial_degree_zero_is_constant_one(rng):
     X = randn(3, 2, generator=rng, device="cpu")
     torch.testing.assert_close(nk.polynomial_kernel(X, degree=0), torch.ones(3, 3, dtype=torch.float64))
+
+
+def test_squared_distances_have_an_exact_zero_diagonal(rng):
+    X = randn(30, 7, generator=rng, device="cpu") * 1e3
+    assert torch.equal(nk.squared_distances(X).diagonal(), torch.zeros(30, dtype=torch.float64))

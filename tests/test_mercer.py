@@ -42,3 +42,9 @@ def test_tolerance_decides_borderline_cases():
     assert nk.mercer_check(K, tol=1e-6).is_psd
     with pytest.raises(ValueError, match="tol must be >= 0"):
         nk.mercer_check(K, tol=-1.0)
+
+
+def test_numerical_rank_of_a_low_rank_kernel(rng):
+    X = randn(25, 3, generator=rng, device="cpu")
+    report = nk.mercer_check(nk.polynomial_kernel(X, degree=2))  # C(3 + 2, 2) = 10 features
+    assert report.numerical_rank == 10 and report.eigenvalues.shape == (25,)

@@ -64,3 +64,8 @@ def test_predict_before_fit_and_repr():
     assert repr(model) == "KernelRidge(kernel=gaussian_kernel, ridge=0.1)"
     with pytest.raises(RuntimeError, match="not fitted"):
         model.predict(torch.zeros(1, 2, dtype=torch.float64))
+
+
+def test_repr_unwraps_partial_kernels():
+    model = nk.KernelRidge(functools.partial(nk.polynomial_kernel, degree=3, c=0.5), ridge=1e-3)
+    assert repr(model) == "KernelRidge(kernel=polynomial_kernel(degree=3, c=0.5), ridge=0.001)"

@@ -42,3 +42,9 @@ def test_identity_for_c_zero():
 @pytest.mark.parametrize("d,degree", [(1, 5), (2, 4), (3, 3), (4, 2), (5, 3)])
 def test_stars_and_bars_count(d, degree):
     assert symbolic.count_monomials_by_enumeration(d, degree) == math.comb(d + degree, degree)
+
+
+def test_degree2_map_rejects_other_dimensions():
+    x, _ = symbolic.vectors(3)
+    with pytest.raises(ValueError, match="map for d = 2; got a vector of length 3"):
+        symbolic.degree2_map_d2(x)
