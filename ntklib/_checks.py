@@ -57,7 +57,7 @@ def as_matrix_pair(X: object, Z: object | None) -> tuple[Tensor, Tensor]:
     return X, Z
 
 
-def as_targets(name: str, y: object, n: int, like: Tensor) -> Tensor:
+def as_targets(name: str, y: object, n: int, like: Tensor, like_name: str = "X") -> Tensor:
     """Targets of shape (n,) or (n, k), finite, on the same device and dtype as ``like``."""
     if not isinstance(y, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (n,) or (n, k); got {type(y).__name__}")
@@ -66,7 +66,7 @@ def as_targets(name: str, y: object, n: int, like: Tensor) -> Tensor:
     if y.shape[0] != n:
         raise ValueError(f"{name} has {y.shape[0]} rows but there are n={n} training points")
     check_floating(name, y)
-    check_same_placement(("training data", name), like, y)
+    check_same_placement((like_name, name), like, y)
     check_finite(name, y)
     return y
 

@@ -43,16 +43,18 @@ def primal_gradient_descent(
         thetas: (steps + 1, k), the iterates theta_0 ... theta_steps.
     """
     Phi = as_matrix("Phi", Phi)
-    y = _as_vector_targets(y, Phi)
+    y = _as_vector_targets(y, Phi, "Phi")
     lr = positive_real("lr", lr)
     steps = nonnegative_int("steps", steps)
     n, k = Phi.shape
-    theta = _initial("theta0", theta0, k, like=Phi)
+    theta = _initial("theta0", theta0, k, like=Phi, like_name="Phi")
     thetas = [theta]
     for _ in range(steps):
         theta = theta - (lr / n) * (Phi.T @ (Phi @ theta - y))
         thetas.append(theta)
-    return torch.stack(thetas)
+    thetas = torch.stack(thetas)
+    _check_converging(thetas, lr, n, lambda: torch.linalg.eigvalsh(Phi.T @ Phi)[-1])
+    return thetas
 
 
 def dual_gradient_descent(
@@ -71,27 +73,41 @@ def dual_gradient_descent(
         alphas: (steps + 1, n), starting from alpha = 0.
     """
     K = as_square("K", K)
-    y = _as_vector_targets(y, K)
+    y = _as_vector_targets(y, K, "K")
     lr = positive_real("lr", lr)
     steps = nonnegative_int("steps", steps)
     n = K.shape[0]
-    f0 = _initial("f0", f0, n, like=K)
+    f0 = _initial("f0", f0, n, like=K, like_name="K")
     alpha = torch.zeros(n, dtype=K.dtype, device=K.device)
     alphas = [alpha]
     for _ in range(steps):
         alpha = alpha - (lr / n) * (f0 + K @ alpha - y)
         alphas.append(alpha)
-    return torch.stack(alphas)
+    alphas = torch.stack(alphas)
+    _check_converging(alphas, lr, n, lambda: torch.linalg.eigvalsh((K + K.T) / 2)[-1])
+    return alphas
 
 
-def _as_vector_targets(y: Tensor, like: Tensor) -> Tensor:
-    y = as_targets("y", y, like.shape[0], like=like)
+def _check_converging(iterates: Tensor, lr: float, n: int, lambda_max) -> None:
+    """GD on this quadratic is stable iff lr < 2 n / lambda_max(K); past it the iterates blow up
+    to inf/NaN, which must not be handed back as a result."""
+    finite = torch.isfinite(iterates).all(dim=1)
+    if not bool(finite.all()):
+        step = int((~finite).nonzero()[0])
+        raise ValueError(
+            f"gradient descent diverged (non-finite iterate at step {step}): lr={lr:g} exceeds the "
+            f"stable limit 2n/lambda_max = {2 * n / float(lambda_max()):.4g}"
+        )
+
+
+def _as_vector_targets(y: Tensor, like: Tensor, like_name: str) -> Tensor:
+    y = as_targets("y", y, like.shape[0], like=like, like_name=like_name)
     if y.ndim != 1:
         raise ValueError(f"y must have shape (n,) here; got {tuple(y.shape)}")
     return y
 
 
-def _initial(name: str, value: Tensor | None, size: int, like: Tensor) -> Tensor:
+def _initial(name: str, value: Tensor | None, size: int, like: Tensor, like_name: str) -> Tensor:
     if value is None:
         return torch.zeros(size, dtype=like.dtype, device=like.device)
     if not isinstance(value, Tensor):
@@ -99,6 +115,6 @@ def _initial(name: str, value: Tensor | None, size: int, like: Tensor) -> Tensor
     if value.shape != (size,):
         raise ValueError(f"{name} must have shape ({size},); got {tuple(value.shape)}")
     check_floating(name, value)
-    check_same_placement(("inputs", name), like, value)
+    check_same_placement((like_name, name), like, value)
     check_finite(name, value)
     return value

@@ -46,9 +46,10 @@ def empirical_ntk(
 
     Output convention: a model with outputs of shape (n,) or (n, 1) is scalar and gives Theta of
     shape (n, m). A model with outputs (n, k), k > 1, gives the full output blocks
-    Theta[i, j, a, b] = sum_p df_a(x_i)/dp df_b(z_j)/dp of shape (n, m, k, k); for a randomly
-    initialised network the off-diagonal blocks a != b vanish as the width grows, and
-    ``Theta.diagonal(dim1=2, dim2=3).mean(-1)`` is the usual (n, m) summary.
+    Theta[i, j, a, b] = sum_p df_a(x_i)/dp df_b(z_j)/dp of shape (n, m, k, k), the layout of
+    neural-tangents with trace_axes=() and of PyTorch's NTK tutorial. For a randomly initialised
+    MLP the entries a != b are small next to the diagonal ones and vanish relative to them as
+    the width grows; then ``Theta.diagonal(dim1=2, dim2=3).mean(-1)`` is an (n, m) summary.
 
     Methods (all agree to rounding; the results differ only in cost):
       * "structured" (:class:`ntklib.MLP` only): never forms the P-column Jacobian. A Dense layer
@@ -102,7 +103,7 @@ def empirical_ntk(
             theta = _jacobian_ntk(model, params, X, None if Z is None else Z_, k)
         else:
             theta = _ntk_vp(model, params, X, Z_, k, block_size)
-    return theta[:, :, 0, 0] if k == 1 else theta
+    return (theta[:, :, 0, 0] if k == 1 else theta).contiguous()
 
 
 def _trainable_parameters(model: nn.Module, X: Tensor) -> dict[str, Tensor]:

@@ -257,6 +257,8 @@ class MLP(nn.Module):
         return self.readout(x)
 
     def check_input(self, name: str, x: object) -> None:
+        """Raise a TypeError/ValueError naming ``name`` unless x is (n, in_features) on the
+        parameters' device and dtype."""
         if not isinstance(x, Tensor):
             raise TypeError(f"{name} must be a torch.Tensor of shape (n, {self.in_features}); got {type(x).__name__}")
         if x.ndim != 2:

@@ -31,7 +31,7 @@ def solve_kernel_system(K: Tensor, y: Tensor, ridge: float = 0.0) -> Tensor:
         alpha: same shape as y.
     """
     K = as_square("K", K)
-    y = as_targets("y", y, K.shape[0], like=K)
+    y = as_targets("y", y, K.shape[0], like=K, like_name="K")
     ridge = nonnegative_real("ridge", ridge)
     n = K.shape[0]
     A = K + ridge * torch.eye(n, dtype=K.dtype, device=K.device)

@@ -89,7 +89,7 @@ def test_ridge_errors():
     model = nk.KernelRidge(nk.gaussian_kernel, ridge=0.1)
     with pytest.raises(ValueError, match="y has 3 rows but there are n=4 training points"):
         model.fit(X, torch.ones(3, dtype=torch.float64))
-    with pytest.raises(TypeError, match="training data has dtype torch.float64 but y has torch.float32"):
+    with pytest.raises(TypeError, match="X has dtype torch.float64 but y has torch.float32"):
         model.fit(X, torch.ones(4, dtype=torch.float32))
     model.fit(X + torch.arange(4.0, dtype=torch.float64)[:, None], torch.ones(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="Z has d=2 features but the model was fitted on d=3"):

@@ -53,3 +53,22 @@ def test_bad_hyperparameters():
         nk.primal_gradient_descent(Phi, y, lr=0.1, steps=1, theta0=torch.zeros(4, dtype=torch.float64))
     with pytest.raises(ValueError, match="f0 contains 1 NaN"):
         nk.dual_gradient_descent(Phi, y, lr=0.1, steps=1, f0=torch.tensor([0.0, float("nan"), 0.0], dtype=torch.float64))
+
+
+def test_divergence_is_an_error_not_a_result():
+    """lambda_max(Phi^T Phi) = 4 for Phi = 2 I with n = 3: stable iff lr < 2 * 3 / 4 = 1.5."""
+    Phi = 2 * torch.eye(3, dtype=torch.float64)
+    y = torch.ones(3, dtype=torch.float64)
+    nk.primal_gradient_descent(Phi, y, lr=1.4, steps=2000)
+    with pytest.raises(ValueError, match=r"diverged .* stable limit 2n/lambda_max = 1.5"):
+        nk.primal_gradient_descent(Phi, y, lr=3.0, steps=5000)
+    with pytest.raises(ValueError, match=r"diverged .* stable limit 2n/lambda_max = 1.5"):
+        nk.dual_gradient_descent(Phi @ Phi.T, y, lr=3.0, steps=5000)
+
+
+def test_placement_errors_name_the_arguments():
+    Phi = torch.eye(3, dtype=torch.float64)
+    with pytest.raises(TypeError, match="Phi has dtype torch.float64 but y has torch.float32"):
+        nk.primal_gradient_descent(Phi, torch.ones(3, dtype=torch.float32), lr=0.1, steps=1)
+    with pytest.raises(TypeError, match="K has dtype torch.float64 but f0 has torch.float32"):
+        nk.dual_gradient_descent(Phi, torch.ones(3, dtype=torch.float64), lr=0.1, steps=1, f0=torch.ones(3, dtype=torch.float32))
