@@ -6,6 +6,7 @@ Kernels are pure functions ``(X, Z=None) -> K`` on tensors of shape (n, d) and (
 
 from .descent import dual_gradient_descent, primal_gradient_descent
 from .devices import available_devices, default_device
+from .empirical import LinearizedModel, empirical_ntk, linearize, monte_carlo_kernels
 from .features import (
     monomial_exponents,
     polynomial_feature_count,
@@ -14,12 +15,19 @@ from .features import (
 )
 from .infinite import Kernels, infinite_width_kernels
 from .kernels import gaussian_kernel, linear_kernel, polynomial_kernel, squared_distances
+from .networks import MLP, Dense
 from .mercer import MercerReport, mercer_check
 from .ridge import KernelRidge, solve_kernel_system
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "Dense",
+    "LinearizedModel",
+    "MLP",
+    "empirical_ntk",
+    "linearize",
+    "monte_carlo_kernels",
     "KernelRidge",
     "Kernels",
     "MercerReport",

@@ -76,9 +76,10 @@ def _normal(
 ) -> Tensor:
     """N(0, std^2) samples. With a generator they are drawn on the generator's device and then
     moved, so one seed gives the same network on every device."""
+    if device is None:
+        device = torch.empty(()).device  # torch's default device (honours torch.set_default_device)
     where = generator.device if generator is not None else device
-    sample = torch.randn(shape, generator=generator, dtype=dtype, device=where) * std
-    return sample.to(device) if device is not None else sample
+    return (torch.randn(shape, generator=generator, dtype=dtype, device=where) * std).to(device)
 
 
 class Dense(nn.Module):

@@ -71,9 +71,13 @@ class Squeezed(nn.Module):
 
 @pytest.mark.parametrize("outputs", ["(n,)", "(n, 1)", "(n, 2)"])
 def test_jacobian_and_ntk_vp_agree_on_a_generic_module(outputs, device):
-    torch.manual_seed(0)
-    model = {"(n,)": Squeezed(), "(n, 1)": nn.Sequential(nn.Linear(3, 10), nn.Tanh(), nn.Linear(10, 1)),
-             "(n, 2)": nn.Sequential(nn.Linear(3, 10), nn.Tanh(), nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 2))}[outputs]
+    with torch.random.fork_rng(devices=[]):  # nn.Linear draws from the global generator
+        torch.manual_seed(0)
+        model = {
+            "(n,)": Squeezed,
+            "(n, 1)": lambda: nn.Sequential(nn.Linear(3, 10), nn.Tanh(), nn.Linear(10, 1)),
+            "(n, 2)": lambda: nn.Sequential(nn.Linear(3, 10), nn.Tanh(), nn.Linear(10, 10), nn.Tanh(), nn.Linear(10, 2)),
+        }[outputs]()
     model = model.to(device=device, dtype=F64)
     gen = torch.Generator().manual_seed(1)
     X, Z = randn(7, 3, generator=gen, device=device), randn(5, 3, generator=gen, device=device)
