@@ -51,11 +51,12 @@ def abrelu_dual(a: float, b: float) -> DualMap:
 
     def dual(sigma_xx: Tensor, sigma_zz: Tensor, sigma: Tensor) -> tuple[Tensor, Tensor]:
         norms = (sigma_xx * sigma_zz).sqrt_()  # (B, m)
-        # Zero-norm inputs give 0/0: any cosine works there since the norms factor kills it.
-        cos_t = (sigma / norms.clamp_min(torch.finfo(sigma.dtype).tiny)).clamp_(-1.0, 1.0)
-        t = torch.arccos(cos_t)
-        sin_t = (1.0 - cos_t * cos_t).clamp_min_(0.0).sqrt_()
-        nngp = sin_t.sub_(t * cos_t).mul_(norms).mul_(gap_sq).add_(sigma, alpha=half_sum_sq)
+        # Zero-norm inputs give 0/0: any angle works there, the norms factor kills it.
+        cos_t = torch.div(sigma, norms.clamp_min(torch.finfo(sigma.dtype).tiny)).clamp_(-1.0, 1.0)
+        # sin t from cos t, not from Sigma_xx Sigma_zz - Sigma^2: at cos t = 1 it is exactly 0.
+        nngp = torch.mul(cos_t, cos_t).neg_().add_(1.0).clamp_min_(0.0).sqrt_().mul_(norms)  # norms sin t
+        t = cos_t.arccos_()
+        nngp.addcmul_(t, sigma, value=-1.0).mul_(gap_sq).add_(sigma, alpha=half_sum_sq)
         derivative = t.mul_(-gap_sq).add_(half_sum_sq)
         return nngp, derivative
 
@@ -120,7 +121,7 @@ def infinite_width_kernels(
         parameterization: "ntk" or "standard".
         width: hidden width, needed only by "standard", whose NTK grows with it.
         negative_slope: slope for u < 0 of "leaky_relu".
-        block_size: rows per block (default: about 2^24 entries per block).
+        block_size: rows per block (default: about 2^17 entries per block).
 
     Returns:
         Kernels(nngp, ntk), each (n, m) on X's device and dtype.
@@ -169,7 +170,8 @@ def infinite_width_kernels(
 
     nngp = torch.empty(n, m, dtype=X.dtype, device=X.device)
     ntk = torch.empty(n, m, dtype=X.dtype, device=X.device)
-    rows = block_size or max(1, (1 << 24) // max(m, 1))
+    # About 2^17 entries (1 MiB in float64) per block: the elementwise passes then run in cache.
+    rows = block_size or max(1, (1 << 17) // m)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         sigma = (X[start:stop] @ Z.T).div_(d)  # (B, m)
