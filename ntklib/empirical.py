@@ -15,23 +15,16 @@ of its input independently (no batch normalisation), as a kernel requires.
 from __future__ import annotations
 
 from collections.abc import Mapping
-from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 
 from ._checks import as_matrix, as_matrix_pair, positive_int
+from .infinite import Kernels
 from .networks import MLP
 
 METHODS = ("auto", "structured", "jacobian", "ntk_vp")
-
-
-class Kernels(NamedTuple):
-    """The NNGP kernel Sigma and the NTK Theta, each (n, m)."""
-
-    nngp: Tensor
-    ntk: Tensor
 
 
 def empirical_ntk(
