@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test setup clean
+.PHONY: book test bench setup clean
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build -W -n --keep-going .
@@ -14,6 +14,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider \
 		--nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		tests chapters
+
+# Speed and memory figures (minutes; run on a quiet machine), written to benchmarks/results/.
+bench: $(STAMP)
+	$(BIN)/python benchmarks/analytic_ntk.py
+	$(BIN)/python benchmarks/empirical_ntk.py
 
 setup: $(STAMP)
 

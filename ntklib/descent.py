@@ -40,7 +40,7 @@ def primal_gradient_descent(
         theta0: (k,) initial parameters (zeros when None).
 
     Returns:
-        thetas: (steps + 1, k), the iterates theta_0 ... theta_steps.
+        The iterates theta_0 ... theta_steps as rows, (steps + 1, k).
     """
     Phi = as_matrix("Phi", Phi)
     y = _as_vector_targets(y, Phi, "Phi")
@@ -70,7 +70,7 @@ def dual_gradient_descent(
         f0: (n,) predictions of theta_0 on the training points, Phi theta_0 (zeros when None).
 
     Returns:
-        alphas: (steps + 1, n), starting from alpha = 0.
+        The iterates alpha_0 = 0 ... alpha_steps as rows, (steps + 1, n).
     """
     K = as_square("K", K)
     y = _as_vector_targets(y, K, "K")

@@ -66,7 +66,7 @@ def empirical_ntk(
             evaluations per batch); ignored by the other methods.
 
     Returns:
-        Theta: (n, m) or (n, m, k, k), on X's device and dtype.
+        The NTK Theta, (n, m) or (n, m, k, k), on X's device and dtype.
     """
     X, Z_ = as_matrix_pair(X, Z)
     if method not in METHODS:
@@ -323,7 +323,7 @@ def monte_carlo_kernels(
         raw products f(x) f(z);
       * ntk: the empirical NTK of :func:`empirical_ntk` (method "structured").
 
-    As width -> infinity both converge to :func:`ntklib.infinite.infinite_width_kernels` with the
+    As width -> infinity both converge to :func:`ntklib.infinite_width_kernels` with the
     same arguments (for "standard", pass it the same ``width``), with an O(1/width) bias from the
     finite width.
 

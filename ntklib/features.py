@@ -19,7 +19,7 @@ def polynomial_feature_count(d: int, degree: int) -> int:
 
 
 def monomial_exponents(d: int, degree: int) -> list[tuple[int, ...]]:
-    """All exponent vectors a in N^d with |a| <= degree, by total degree, then lexicographically.
+    """All exponent vectors a in N^d with ``|a| <= degree``, by total degree, then lexicographically.
 
     For d = 2, degree = 2: (0,0), (1,0), (0,1), (2,0), (1,1), (0,2).
     """
@@ -36,7 +36,7 @@ def monomial_exponents(d: int, degree: int) -> list[tuple[int, ...]]:
 
 
 def polynomial_feature_weights(exponents: list[tuple[int, ...]], degree: int, c: float) -> list[float]:
-    """Squared feature weights w_a = degree! / ((degree - |a|)! a_1! ... a_d!) * c^(degree - |a|).
+    """Squared feature weights ``w_a = degree! / ((degree - |a|)! a_1! ... a_d!) * c^(degree - |a|)``.
 
     They are the multinomial coefficients of (c + x.z)^degree, so that
     sum_a w_a x^a z^a = (x.z + c)^degree.
@@ -54,8 +54,8 @@ def polynomial_feature_weights(exponents: list[tuple[int, ...]], degree: int, c:
 def polynomial_features(X: Tensor, degree: int, c: float = 1.0) -> Tensor:
     """The explicit feature map of the polynomial kernel (x.z + c)^degree.
 
-    phi(x)_a = sqrt(w_a) x^a for every exponent a with |a| <= degree (see
-    :func:`monomial_exponents` for the order and :func:`polynomial_feature_weights` for w_a), so
+    ``phi(x)_a = sqrt(w_a) x^a`` for every exponent a with ``|a| <= degree`` (see
+    :func:`monomial_exponents` for the order and ``polynomial_feature_weights`` for w_a), so
     ``Phi @ Phi.T == polynomial_kernel(X, degree=degree, c=c)`` up to rounding and
     ``Phi.shape[1] == C(d + degree, degree)``. For d = 2, degree = 2, c = 1:
     phi(x) = [1, sqrt2 x1, sqrt2 x2, x1^2, sqrt2 x1 x2, x2^2].
@@ -66,7 +66,7 @@ def polynomial_features(X: Tensor, degree: int, c: float = 1.0) -> Tensor:
         c: the constant c >= 0 (with c = 0 the features of degree < p are zero).
 
     Returns:
-        Phi: (n, C(d + p, p)), on X's device and dtype.
+        The feature matrix Phi, (n, C(d + p, p)), on X's device and dtype.
     """
     X = as_matrix("X", X)
     degree = nonnegative_int("degree", degree)
@@ -88,7 +88,7 @@ def random_fourier_features(
     """Random Fourier features of the Gaussian kernel (Rahimi & Recht, 2007).
 
     phi(x) = sqrt(2 / D) cos(W^T x + b), W ~ N(0, I / sigma^2) of shape (d, D), b ~ U[0, 2 pi).
-    E[phi(x) . phi(z)] = exp(-|x - z|^2 / (2 sigma^2)), with Monte Carlo error O(D^-1/2).
+    ``E[phi(x) . phi(z)] = exp(-|x - z|^2 / (2 sigma^2))``, with Monte Carlo error O(D^-1/2).
 
     To map two sets of points with the same random draw, pass two generators seeded alike (or
     map their concatenation once).
@@ -101,7 +101,7 @@ def random_fourier_features(
             the global generator when None.
 
     Returns:
-        Phi: (n, D), on X's device and dtype.
+        The feature matrix Phi, (n, D), on X's device and dtype.
     """
     X = as_matrix("X", X)
     num_features = positive_int("num_features", num_features)

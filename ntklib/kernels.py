@@ -30,7 +30,7 @@ def polynomial_kernel(X: Tensor, Z: Tensor | None = None, degree: int = 2, c: fl
 
 
 def squared_distances(X: Tensor, Z: Tensor | None = None) -> Tensor:
-    """D[i, j] = |x_i - z_j|^2, computed as |x|^2 + |z|^2 - 2 x.z and clamped at 0.
+    """``D[i, j] = |x_i - z_j|^2``, computed as ``|x|^2 + |z|^2 - 2 x.z`` and clamped at 0.
 
     With ``Z=None`` the diagonal is exactly 0.
 
@@ -47,6 +47,6 @@ def squared_distances(X: Tensor, Z: Tensor | None = None) -> Tensor:
 
 
 def gaussian_kernel(X: Tensor, Z: Tensor | None = None, sigma: float = 1.0) -> Tensor:
-    """k(x, z) = exp(-|x - z|^2 / (2 sigma^2)), the Gaussian (RBF) kernel, sigma > 0."""
+    """``k(x, z) = exp(-|x - z|^2 / (2 sigma^2))``, the Gaussian (RBF) kernel, sigma > 0."""
     sigma = positive_real("sigma", sigma)
     return (squared_distances(X, Z) / (-2.0 * sigma * sigma)).exp_()

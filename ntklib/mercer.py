@@ -15,8 +15,8 @@ class MercerReport:
     """What :func:`mercer_check` found for one matrix.
 
     Attributes:
-        symmetric: max |K - K^T| <= tol.
-        asymmetry: max |K - K^T|.
+        symmetric: ``max |K - K^T| <= tol``.
+        asymmetry: ``max |K - K^T|``.
         min_eigenvalue: smallest eigenvalue of the symmetric part (K + K^T) / 2.
         max_eigenvalue: largest eigenvalue of the symmetric part.
         tol: the tolerance used for both tests.
@@ -58,7 +58,7 @@ def mercer_check(K: Tensor, tol: float | None = None) -> MercerReport:
     Args:
         K: (n, n) matrix.
         tol: absolute tolerance for asymmetry and negative eigenvalues. Default:
-            n * eps(dtype) * max(|lambda_max|, max |K_ij|), the rounding error of the
+            ``n * eps(dtype) * max(|lambda_max|, max |K_ij|)``, the rounding error of the
             eigenvalues of a matrix of that size and scale.
 
     Returns:

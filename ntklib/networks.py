@@ -10,7 +10,7 @@ readout. A Dense layer with fan_in inputs computes, for x of shape (n, fan_in):
 Both give the same function at initialisation; they differ in which numbers are the trainable
 parameters, hence in the gradients and the NTK. ``b_std=None`` means no bias parameter at all
 (with "ntk", ``b_std=0`` keeps a bias parameter whose gradient is zero, as in neural-tangents).
-Their infinite-width kernels are :func:`ntklib.infinite.infinite_width_kernels`.
+Their infinite-width kernels are :func:`ntklib.infinite_width_kernels`.
 """
 
 from __future__ import annotations
@@ -96,7 +96,7 @@ class Dense(nn.Module):
 
     and ``bias_scale = 0`` when ``b_std is None`` (then ``bias`` is None). The gradient of the
     output unit h_i is weight_scale * x w.r.t. row i of ``weight`` and bias_scale w.r.t. bias_i,
-    which is all the structured NTK of :func:`ntklib.empirical.empirical_ntk` needs.
+    which is all the structured NTK of :func:`ntklib.empirical_ntk` needs.
 
     Args:
         fan_in, fan_out: input and output sizes, >= 1.
@@ -170,7 +170,7 @@ class MLP(nn.Module):
     f(x) = Dense_{depth+1}(phi(Dense_depth(... phi(Dense_1(x))))): ``depth`` hidden layers of
     ``width`` units, then a readout to ``out_features``. All layers share W_std, b_std and the
     parameterization (see :class:`Dense`). At infinite width its kernels are
-    :func:`ntklib.infinite.infinite_width_kernels` with the same arguments.
+    :func:`ntklib.infinite_width_kernels` with the same arguments.
 
     Example:
         >>> net = MLP(3, width=512, depth=2, activation="erf", generator=torch.Generator().manual_seed(0))
@@ -250,7 +250,7 @@ class MLP(nn.Module):
         """(n, in_features) -> (n, out_features).
 
         Checks shapes, dtype and device only (no NaN scan, which would force a device sync and
-        break ``torch.func.vmap``); :func:`ntklib.empirical.empirical_ntk` validates values.
+        break ``torch.func.vmap``); :func:`ntklib.empirical_ntk` validates values.
         """
         self.check_input("x", x)
         for layer in self.hidden:

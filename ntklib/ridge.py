@@ -28,7 +28,7 @@ def solve_kernel_system(K: Tensor, y: Tensor, ridge: float = 0.0) -> Tensor:
         ridge: lambda >= 0.
 
     Returns:
-        alpha: same shape as y.
+        The dual coefficients alpha, the same shape as y.
     """
     K = as_square("K", K)
     y = as_targets("y", y, K.shape[0], like=K, like_name="K")
@@ -56,7 +56,7 @@ def solve_kernel_system(K: Tensor, y: Tensor, ridge: float = 0.0) -> Tensor:
 class KernelRidge:
     """Kernel ridge regression with any kernel function ``(X, Z) -> K``.
 
-    Minimises sum_i (f(x_i) - y_i)^2 + ridge |f|_H^2 over the kernel's RKHS; the minimiser is
+    Minimises ``sum_i (f(x_i) - y_i)^2 + ridge |f|_H^2`` over the kernel's RKHS; the minimiser is
     f(z) = k(z, X) alpha with alpha = (K + ridge I)^-1 y (the representer theorem).
 
     Example:
@@ -64,8 +64,8 @@ class KernelRidge:
         >>> model.fit(X, y).predict(Z)
 
     Attributes (after ``fit``):
-        X_fit_: (n, d) training inputs.
-        dual_coef_: alpha, (n,) or (n, k).
+        X_fit\_: (n, d) training inputs.
+        dual_coef\_: alpha, (n,) or (n, k).
     """
 
     def __init__(self, kernel: Kernel = gaussian_kernel, ridge: float = 1.0) -> None:

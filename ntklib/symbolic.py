@@ -28,7 +28,7 @@ def polynomial_kernel_expr(x: sp.Matrix, z: sp.Matrix, degree: int, c: sp.Expr =
 
 
 def polynomial_feature_map_expr(x: sp.Matrix, degree: int, c: sp.Expr = sp.Integer(1)) -> list[sp.Expr]:
-    """The map of :func:`ntklib.polynomial_features`, symbolically: sqrt(w_a c^(p-|a|)) x^a.
+    """The map of :func:`ntklib.polynomial_features`, symbolically: ``sqrt(w_a c^(p-|a|)) x^a``.
 
     The weights are the multinomial coefficients, rebuilt here with c kept symbolic.
     """
@@ -78,7 +78,7 @@ def proves_polynomial_identity(d: int, degree: int, c: sp.Expr | None = None) ->
 
 
 def count_monomials_by_enumeration(d: int, degree: int) -> int:
-    """#{a in {0..p}^d : |a| <= p}, by listing every candidate: the stars-and-bars count checked
+    """``#{a in {0..p}^d : |a| <= p}``, by listing every candidate: the stars-and-bars count checked
     without the formula C(d + p, p)."""
     d = positive_int("d", d)
     degree = nonnegative_int("degree", degree)
