@@ -6,6 +6,7 @@ Kernels are pure functions ``(X, Z=None) -> K`` on tensors of shape (n, d) and (
 
 from .descent import dual_gradient_descent, primal_gradient_descent
 from .devices import available_devices, default_device
+from .dynamics import FlowPrediction, Gaussian, gp_inference, gradient_flow, nngp_ensemble, ntk_ensemble
 from .empirical import LinearizedModel, empirical_ntk, linearize, monte_carlo_kernels
 from .features import (
     monomial_exponents,
@@ -18,27 +19,34 @@ from .kernels import gaussian_kernel, linear_kernel, polynomial_kernel, squared_
 from .networks import MLP, Dense
 from .mercer import MercerReport, mercer_check
 from .ridge import KernelRidge, solve_kernel_system
+from .training import Trajectory, train
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "Dense",
-    "LinearizedModel",
-    "MLP",
-    "empirical_ntk",
-    "linearize",
-    "monte_carlo_kernels",
-    "KernelRidge",
-    "Kernels",
-    "MercerReport",
     "available_devices",
     "default_device",
+    "Dense",
     "dual_gradient_descent",
+    "empirical_ntk",
+    "FlowPrediction",
+    "Gaussian",
     "gaussian_kernel",
+    "gp_inference",
+    "gradient_flow",
     "infinite_width_kernels",
+    "KernelRidge",
+    "Kernels",
     "linear_kernel",
+    "linearize",
+    "LinearizedModel",
     "mercer_check",
+    "MercerReport",
+    "MLP",
     "monomial_exponents",
+    "monte_carlo_kernels",
+    "nngp_ensemble",
+    "ntk_ensemble",
     "polynomial_feature_count",
     "polynomial_features",
     "polynomial_kernel",
@@ -46,4 +54,6 @@ __all__ = [
     "random_fourier_features",
     "solve_kernel_system",
     "squared_distances",
+    "train",
+    "Trajectory",
 ]

@@ -54,7 +54,7 @@ def solve_kernel_system(K: Tensor, y: Tensor, ridge: float = 0.0) -> Tensor:
 
 
 class KernelRidge:
-    """Kernel ridge regression with any kernel function ``(X, Z) -> K``.
+    r"""Kernel ridge regression with any kernel function ``(X, Z) -> K``.
 
     Minimises ``sum_i (f(x_i) - y_i)^2 + ridge |f|_H^2`` over the kernel's RKHS; the minimiser is
     f(z) = k(z, X) alpha with alpha = (K + ridge I)^-1 y (the representer theorem).
