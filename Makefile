@@ -19,6 +19,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/analytic_ntk.py
 	$(BIN)/python benchmarks/empirical_ntk.py
+	$(BIN)/python benchmarks/kernel_ridge.py
 
 setup: $(STAMP)
 

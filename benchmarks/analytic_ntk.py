@@ -1,6 +1,9 @@
-"""Analytic NTK speed and memory: nk.infinite_width_kernels vs the X @ X.T floor, in one run.
+"""Analytic NTK speed and memory: nk.infinite_width_kernels vs a naive torch version and the X @ X.T floor.
 
-    .venv/bin/python benchmarks/analytic_ntk.py [--n 4000] [--d 64] [--depth 3] [--repeats 5]
+    .venv/bin/python benchmarks/analytic_ntk.py [--n 1000 2000 4000 8000] [--d 64] [--depth 3] [--repeats 3]
+
+"naive" is the textbook recursion written directly in torch on whole n x n matrices (one
+temporary per formula term, no row blocks); it is checked against ntklib before it is timed.
 
 Each configuration runs in a fresh subprocess so that its peak resident memory (ru_maxrss) is its
 own. Times are medians over repeats after one warm-up. Writes benchmarks/results/analytic_ntk.json.
@@ -21,6 +24,24 @@ from pathlib import Path
 RESULTS = Path(__file__).parent / "results" / "analytic_ntk.json"
 
 
+def naive_relu_kernels(X, depth: int):
+    """NNGP and NTK of the depth-`depth` ReLU MLP (W_std=1, b_std=0, "ntk"), written plainly."""
+    import math
+
+    import torch
+
+    nngp = X @ X.T / X.shape[1]
+    ntk = nngp.clone()
+    for _ in range(depth):
+        diagonal = torch.diagonal(nngp)
+        norms = torch.sqrt(diagonal[:, None] * diagonal[None, :])
+        cos = torch.clamp(nngp / norms, -1.0, 1.0)
+        angle = torch.arccos(cos)
+        nngp = norms * (torch.sin(angle) + (math.pi - angle) * cos) / (2 * math.pi)
+        ntk = nngp + ntk * (math.pi - angle) / (2 * math.pi)
+    return nngp, ntk
+
+
 def measure(n: int, d: int, depth: int, dtype: str, what: str, repeats: int, device: str) -> dict:
     import torch
 
@@ -31,7 +52,14 @@ def measure(n: int, d: int, depth: int, dtype: str, what: str, repeats: int, dev
     work = {
         "matmul": lambda: X @ X.T,
         "ntklib": lambda: nk.infinite_width_kernels(X, depth=depth, activation="relu"),
+        "naive": lambda: naive_relu_kernels(X, depth),
     }[what]
+    if what == "naive":  # time it only if it computes the same kernels
+        reference = nk.infinite_width_kernels(X[:256], depth=depth, activation="relu")
+        mine = naive_relu_kernels(X[:256], depth)
+        tol = 1e-5 if X.dtype == torch.float32 else 1e-10
+        for a, b in zip(mine, reference):
+            torch.testing.assert_close(a, b, rtol=tol, atol=tol)
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     work(), sync()
@@ -49,10 +77,10 @@ def measure(n: int, d: int, depth: int, dtype: str, what: str, repeats: int, dev
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[4000])
+    parser.add_argument("--n", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
     parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--depth", type=int, default=3)
-    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--one", nargs=6, help=argparse.SUPPRESS)  # worker mode
     args = parser.parse_args()
     if args.one:
@@ -68,7 +96,7 @@ def main() -> None:
         for n in args.n:
             for dtype in ("float64", "float32"):
                 row = {"device": device, "n": n, "d": args.d, "depth": args.depth, "dtype": dtype}
-                for what in ("matmul", "ntklib"):
+                for what in ("matmul", "ntklib", "naive"):
                     out = subprocess.run(
                         [sys.executable, __file__, "--repeats", str(args.repeats), "--one",
                          str(n), str(args.d), str(args.depth), dtype, what, device],
@@ -76,10 +104,13 @@ def main() -> None:
                     )
                     row[what] = json.loads(out.stdout)
                 row["ratio"] = row["ntklib"]["seconds"] / row["matmul"]["seconds"]
+                row["naive_ratio"] = row["naive"]["seconds"] / row["matmul"]["seconds"]
                 rows.append(row)
                 print(f"{device} n={n} {dtype}: X@X.T {row['matmul']['seconds'] * 1e3:8.1f} ms, "
                       f"NTK+NNGP depth {args.depth} {row['ntklib']['seconds'] * 1e3:8.1f} ms "
-                      f"(x{row['ratio']:.1f}), peak +{row['ntklib']['peak_extra_MiB']:.0f} MiB")
+                      f"(x{row['ratio']:.1f}), peak +{row['ntklib']['peak_extra_MiB']:.0f} MiB; naive "
+                      f"{row['naive']['seconds'] * 1e3:8.1f} ms (x{row['naive_ratio']:.1f}), "
+                      f"peak +{row['naive']['peak_extra_MiB']:.0f} MiB")
     machine = {"platform": platform.platform(), "processor": platform.processor(),
                "threads": torch.get_num_threads(), "torch": torch.__version__,
                "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}

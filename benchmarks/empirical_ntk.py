@@ -1,6 +1,6 @@
 """Empirical NTK speed: the three methods of ntklib.empirical.empirical_ntk, side by side, in one run.
 
-    .venv/bin/python benchmarks/empirical_ntk.py [--n 512 1024] [--width 512] [--depth 3]
+    .venv/bin/python benchmarks/empirical_ntk.py [--n 128 256 512 1024] [--width 512] [--depth 3]
         [--repeats 10] [--slow-repeats 3] [--methods structured jacobian ntk_vp]
 
 The network is MLP(d=64 -> width x depth -> 1), float32, relu, "ntk" parameterization, and the
@@ -71,7 +71,7 @@ def measure(n: int, d: int, width: int, depth: int, method: str, repeats: int, d
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--n", type=int, nargs="+", default=[512, 1024])
+    parser.add_argument("--n", type=int, nargs="+", default=[128, 256, 512, 1024])
     parser.add_argument("--d", type=int, default=64)
     parser.add_argument("--width", type=int, default=512)
     parser.add_argument("--depth", type=int, default=3)
