@@ -4,6 +4,7 @@ Kernels are pure functions ``(X, Z=None) -> K`` on tensors of shape (n, d) and (
 (n, m) on the inputs' device and dtype. ``import ntklib as nk``.
 """
 
+from . import benchmark
 from .descent import dual_gradient_descent, primal_gradient_descent
 from .devices import available_devices, default_device
 from .dynamics import FlowPrediction, Gaussian, gp_inference, gradient_flow, nngp_ensemble, ntk_ensemble
