@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import platform
 import resource
 import statistics
@@ -111,7 +112,8 @@ def main() -> None:
                       f"(x{row['ratio']:.1f}), peak +{row['ntklib']['peak_extra_MiB']:.0f} MiB; naive "
                       f"{row['naive']['seconds'] * 1e3:8.1f} ms (x{row['naive_ratio']:.1f}), "
                       f"peak +{row['naive']['peak_extra_MiB']:.0f} MiB")
-    machine = {"platform": platform.platform(), "processor": platform.processor(),
+    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
+               "load_average_at_end": list(os.getloadavg()),
                "threads": torch.get_num_threads(), "torch": torch.__version__,
                "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     RESULTS.parent.mkdir(exist_ok=True)
