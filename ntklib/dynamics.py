@@ -183,12 +183,13 @@ def nngp_ensemble(
     S, y, S_ZX, S_ZZ, lr, (times, scalar) = _ensemble_inputs(nngp_train, y, nngp_test_train, nngp_test_test, t, lr, "nngp")
     lam, V = _spectrum("nngp_train", S, need_inverse=bool(torch.isinf(times).any()))
     n = S.shape[0]
-    B = (S_ZX @ V) * _flow_factors(lam, times, lr / n)[1][:, None, :]  # (T, m, n): Sigma_ZX V diag(gain)
+    S_ZX_V = S_ZX @ V  # (m, n)
+    B = S_ZX_V * _flow_factors(lam, times, lr / n)[1][:, None, :]  # (T, m, n): Sigma_ZX V diag(gain)
     mean = B @ (V.T @ y.reshape(n, -1))
     cov = None
     if S_ZZ is not None:
-        B2 = (S_ZX @ V) * _flow_factors(lam, 2 * times, lr / n)[1][:, None, :]  # the same at 2t
-        cov = S_ZZ - B2 @ (S_ZX @ V).T
+        B2 = S_ZX_V * _flow_factors(lam, 2 * times, lr / n)[1][:, None, :]  # the same at 2t
+        cov = S_ZZ - B2 @ S_ZX_V.T
         cov = cov[0] if scalar else cov
     return Gaussian(_shape_output(mean, y, scalar), cov)
 

@@ -42,7 +42,6 @@ BOOK_STYLE: dict[str, object] = {
     "axes.grid": True,
     "axes.spines.top": False,
     "axes.spines.right": False,
-    "axes.prop_cycle": None,  # filled in by _style() (needs matplotlib's cycler)
     "grid.color": GRID,
     "grid.linewidth": 0.6,
     "text.color": INK,
@@ -60,6 +59,7 @@ BOOK_STYLE: dict[str, object] = {
 
 
 def _style() -> dict[str, object]:
+    """BOOK_STYLE plus the line colours (a cycler object, which needs matplotlib)."""
     from cycler import cycler
 
     return {**BOOK_STYLE, "axes.prop_cycle": cycler(color=list(PALETTE))}
