@@ -6,8 +6,10 @@ All three solve (K + ridge I) alpha = y for the same Gaussian-kernel matrix K (f
   ntklib   nk.solve_kernel_system (what nk.KernelRidge.fit calls): Cholesky plus the singularity check
   sklearn  sklearn.kernel_ridge.KernelRidge(kernel="precomputed", alpha=ridge).fit on numpy arrays
   cholesky torch.linalg.cholesky + torch.cholesky_solve, no checks (the floor)
-Each (n, method) runs in a fresh subprocess so that its peak resident memory is its own; times
-are medians over repeats after one warm-up. The three solutions are compared before timing.
+Each (device, n, method) runs in a fresh subprocess so that its peak memory is its own (resident
+memory on the CPU, torch's peak allocation on CUDA); times are medians over repeats after one
+warm-up. Every solution is checked against the Cholesky solve. When CUDA is available the same run
+also measures ntklib and the Cholesky floor on the GPU (scikit-learn has no GPU path).
 Writes benchmarks/results/kernel_ridge.json.
 """
 
@@ -29,7 +31,7 @@ METHODS = ("ntklib", "sklearn", "cholesky")
 RIDGE = 1e-3
 
 
-def problem(n: int):
+def problem(n: int, device: str = "cpu"):
     import torch
 
     import ntklib as nk
@@ -37,7 +39,11 @@ def problem(n: int):
     generator = torch.Generator().manual_seed(n)
     X = torch.randn(n, 16, generator=generator, dtype=torch.float64)
     y = torch.randn(n, generator=generator, dtype=torch.float64)
-    return nk.gaussian_kernel(X, sigma=4.0), y
+    return nk.gaussian_kernel(X.to(device), sigma=4.0), y.to(device)
+
+
+def methods_on(device: str) -> tuple[str, ...]:
+    return METHODS if device == "cpu" else tuple(m for m in METHODS if m != "sklearn")
 
 
 def solvers(K, y):
@@ -47,34 +53,48 @@ def solvers(K, y):
 
     import ntklib as nk
 
-    K_np, y_np = K.numpy(), y.numpy()
-    eye = torch.eye(K.shape[0], dtype=K.dtype)
+    eye = torch.eye(K.shape[0], dtype=K.dtype, device=K.device)
 
     def cholesky():
         L = torch.linalg.cholesky(K + RIDGE * eye)
         return torch.cholesky_solve(y[:, None], L)[:, 0]
 
-    return {
-        "ntklib": lambda: nk.solve_kernel_system(K, y, RIDGE),
-        "sklearn": lambda: torch.from_numpy(np.asarray(KernelRidge(alpha=RIDGE, kernel="precomputed").fit(K_np, y_np).dual_coef_)),
-        "cholesky": cholesky,
-    }
+    def sklearn():  # .numpy() shares memory with the tensors: no copy is timed
+        model = KernelRidge(alpha=RIDGE, kernel="precomputed").fit(K.numpy(), y.numpy())
+        return torch.from_numpy(np.asarray(model.dual_coef_))
+
+    work = {"ntklib": lambda: nk.solve_kernel_system(K, y, RIDGE), "cholesky": cholesky}
+    if K.device.type == "cpu":
+        work["sklearn"] = sklearn
+    return work
 
 
-def measure(n: int, method: str, repeats: int) -> dict:
+def measure(n: int, method: str, repeats: int, device: str = "cpu") -> dict:
     import torch
 
-    K, y = problem(n)
+    K, y = problem(n, device)
     all_solvers = solvers(K, y)
+    if method not in all_solvers:
+        raise ValueError(f"method {method!r} does not run on {device}; it has: {', '.join(all_solvers)}")
+    cuda = device.startswith("cuda")
+    sync = torch.cuda.synchronize if cuda else (lambda: None)
     rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    if cuda:
+        torch.cuda.reset_peak_memory_stats()
+        allocated_before = torch.cuda.memory_allocated()
     work = all_solvers[method]
     alpha = work()  # warm-up
+    sync()
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         work()
+        sync()
         times.append(time.perf_counter() - start)
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before
+    if cuda:  # bytes beyond K and y, which every method shares
+        peak = (torch.cuda.max_memory_allocated() - allocated_before) // 1024
+    else:
+        peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before  # KiB on Linux
     # The check runs after the memory reading, so that the reference solve does not count in it.
     reference = all_solvers["cholesky"]()
     gap = float((alpha - reference).abs().max() / reference.abs().max())
@@ -88,27 +108,31 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--n", type=int, nargs="+", default=[1000, 2000, 4000, 8000])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--one", nargs=2, help=argparse.SUPPRESS)  # worker mode: n method
+    parser.add_argument("--one", nargs=3, help=argparse.SUPPRESS)  # worker mode: n method device
     args = parser.parse_args()
     if args.one:
-        print(json.dumps(measure(int(args.one[0]), args.one[1], args.repeats)))
+        print(json.dumps(measure(int(args.one[0]), args.one[1], args.repeats, args.one[2])))
         return
 
     import torch
 
+    devices = ["cpu"] + (["cuda"] if torch.cuda.is_available() else [])
     rows = []
-    for n in args.n:
-        row = {"device": "cpu", "n": n, "dtype": "float64", "ridge": RIDGE, "methods": {}}
-        for method in METHODS:
-            out = subprocess.run([sys.executable, __file__, "--repeats", str(args.repeats), "--one", str(n), method],
-                                 capture_output=True, text=True, check=True)
-            row["methods"][method] = json.loads(out.stdout)
-        rows.append(row)
-        print(f"n={n}: " + ", ".join(f"{m} {row['methods'][m]['seconds'] * 1e3:8.1f} ms "
-                                     f"(+{row['methods'][m]['peak_extra_MiB']:.0f} MiB)" for m in METHODS))
+    for device in devices:
+        for n in args.n:
+            row = {"device": device, "n": n, "dtype": "float64", "ridge": RIDGE, "methods": {}}
+            for method in methods_on(device):
+                out = subprocess.run([sys.executable, __file__, "--repeats", str(args.repeats),
+                                      "--one", str(n), method, device],
+                                     capture_output=True, text=True, check=True)  # fmt: skip
+                row["methods"][method] = json.loads(out.stdout)
+            rows.append(row)
+            print(f"{device} n={n}: " + ", ".join(f"{m} {r['seconds'] * 1e3:8.1f} ms (+{r['peak_extra_MiB']:.0f} MiB)"
+                                                  for m, r in row["methods"].items()))  # fmt: skip
     machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
                "load_average_at_end": list(os.getloadavg()),
-               "threads": torch.get_num_threads(), "torch": torch.__version__}
+               "threads": torch.get_num_threads(), "torch": torch.__version__,
+               "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     RESULTS.parent.mkdir(exist_ok=True)
     RESULTS.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
     print(f"wrote {RESULTS}")

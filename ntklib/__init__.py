@@ -15,7 +15,7 @@ from .features import (
     polynomial_features,
     random_fourier_features,
 )
-from .infinite import Kernels, infinite_width_kernels
+from .infinite import Kernels, infinite_width_kernels, infinite_width_kernels_by_depth
 from .kernels import gaussian_kernel, linear_kernel, polynomial_kernel, squared_distances
 from .networks import MLP, Dense
 from .mercer import MercerReport, mercer_check
@@ -36,6 +36,7 @@ __all__ = [
     "gp_inference",
     "gradient_flow",
     "infinite_width_kernels",
+    "infinite_width_kernels_by_depth",
     "KernelRidge",
     "Kernels",
     "linear_kernel",

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .infinite import infinite_width_kernels
+from .infinite import infinite_width_kernels_by_depth
 from .kernels import gaussian_kernel, polynomial_kernel
 from .networks import MLP
 from .ridge import solve_kernel_system
@@ -191,10 +191,8 @@ def kernel_ridge_cv(
 
 def _infinite(which: str) -> Callable[[Tensor, Tensor], dict[Hashable, Tensor]]:
     def kernels(A: Tensor, B: Tensor) -> dict[Hashable, Tensor]:
-        return {
-            depth: getattr(infinite_width_kernels(A, B, depth=depth, W_std=math.sqrt(2.0), b_std=1.0), which)
-            for depth in DEPTHS
-        }
+        by_depth = infinite_width_kernels_by_depth(A, B, max_depth=max(DEPTHS), W_std=math.sqrt(2.0), b_std=1.0)
+        return {depth: getattr(by_depth[depth - 1], which) for depth in DEPTHS}
 
     return kernels
 

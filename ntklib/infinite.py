@@ -126,8 +126,54 @@ def infinite_width_kernels(
     Returns:
         Kernels(nngp, ntk), each (n, m) on X's device and dtype.
     """
-    X, Z = as_matrix_pair(X, Z)
     depth = positive_int("depth", depth)
+    return _recursion(X, Z, depth, (depth,), activation, W_std, b_std, parameterization, width,
+                      negative_slope, block_size)[0]  # fmt: skip
+
+
+def infinite_width_kernels_by_depth(
+    X: Tensor,
+    Z: Tensor | None = None,
+    max_depth: int = 5,
+    activation: str = "relu",
+    W_std: float = 1.0,
+    b_std: float | None = 0.0,
+    parameterization: str = "ntk",
+    width: int | None = None,
+    negative_slope: float = 0.01,
+    block_size: int | None = None,
+) -> list[Kernels]:
+    """The kernels of :func:`infinite_width_kernels` for every depth 1..max_depth, in one pass.
+
+    The network with ``l`` hidden layers shares its first ``l`` layers with every deeper one, so
+    one recursion through ``max_depth`` layers, with a readout applied after each, gives all of
+    them: ``max_depth`` layer passes instead of ``max_depth (max_depth + 1) / 2``. Arguments as in
+    :func:`infinite_width_kernels`.
+
+    Returns:
+        A list whose entry ``l - 1`` is Kernels(nngp, ntk) of the network with ``l`` hidden
+        layers, each (n, m) on X's device and dtype.
+    """
+    max_depth = positive_int("max_depth", max_depth)
+    return _recursion(X, Z, max_depth, tuple(range(1, max_depth + 1)), activation, W_std, b_std,
+                      parameterization, width, negative_slope, block_size)  # fmt: skip
+
+
+def _recursion(
+    X: Tensor,
+    Z: Tensor | None,
+    depth: int,
+    readouts: tuple[int, ...],
+    activation: str,
+    W_std: float,
+    b_std: float | None,
+    parameterization: str,
+    width: int | None,
+    negative_slope: float,
+    block_size: int | None,
+) -> list[Kernels]:
+    """Kernels after a readout on top of each hidden-layer count in ``readouts`` (<= depth)."""
+    X, Z = as_matrix_pair(X, Z)
     dual = activation_dual(activation, negative_slope)
     W_var = positive_real("W_std", W_std) ** 2
     b_var = 0.0 if b_std is None else nonnegative_real("b_std", b_std) ** 2
@@ -138,6 +184,8 @@ def infinite_width_kernels(
         if width is None:
             raise ValueError("width is required for parameterization='standard' (its NTK grows with width)")
         width = positive_int("width", width)
+    if block_size is not None:
+        block_size = positive_int("block_size", block_size)
     n, d = X.shape
     m = Z.shape[0]
     fan_ins = [d] + [width] * depth if parameterization == "standard" else [None] * (depth + 1)
@@ -168,8 +216,10 @@ def infinite_width_kernels(
     diag_x = diagonals(X)
     diag_z = diag_x if Z is X else diagonals(Z)
 
-    nngp = torch.empty(n, m, dtype=X.dtype, device=X.device)
-    ntk = torch.empty(n, m, dtype=X.dtype, device=X.device)
+    def empty() -> Tensor:
+        return torch.empty(n, m, dtype=X.dtype, device=X.device)
+
+    outputs = [Kernels(empty(), empty()) for _ in readouts]
     # About 2^17 entries (1 MiB in float64) per block: the elementwise passes then run in cache.
     rows = block_size or max(1, (1 << 17) // m)
     for start in range(0, n, rows):
@@ -184,7 +234,11 @@ def infinite_width_kernels(
             sigma, theta = dense(sigma, theta, fan_ins[layer])
             sigma, derivative = dual(diag_x[layer][start:stop], diag_z[layer].T, sigma)
             theta.mul_(derivative)
-        sigma, theta = dense(sigma, theta, fan_ins[depth])
-        nngp[start:stop] = sigma
-        ntk[start:stop] = theta
-    return Kernels(nngp, ntk)
+            if layer + 1 in readouts:
+                last = layer + 1 == depth  # the last readout may overwrite the running pair
+                out_sigma, out_theta = (sigma, theta) if last else (sigma.clone(), theta.clone())
+                out_sigma, out_theta = dense(out_sigma, out_theta, fan_ins[layer + 1])
+                kernels = outputs[readouts.index(layer + 1)]
+                kernels.nngp[start:stop] = out_sigma
+                kernels.ntk[start:stop] = out_theta
+    return outputs

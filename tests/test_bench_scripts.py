@@ -8,6 +8,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 import ntklib as nk
@@ -47,6 +48,22 @@ def test_kernel_ridge_solvers_agree():
     for name, alpha in solutions.items():
         torch.testing.assert_close(alpha, solutions["cholesky"], rtol=1e-8, atol=1e-10, msg=name)
     assert ridge.measure(50, "sklearn", repeats=1)["relative_difference_to_cholesky"] < 1e-8
+
+
+def test_kernel_ridge_has_no_sklearn_on_a_gpu():
+    ridge = load("kernel_ridge")
+    assert ridge.methods_on("cpu") == ridge.METHODS
+    assert ridge.methods_on("cuda") == ("ntklib", "cholesky")
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+def test_kernel_ridge_worker_on_cuda():
+    ridge = load("kernel_ridge")
+    for method in ridge.methods_on("cuda"):
+        out = ridge.measure(64, method, repeats=1, device="cuda")
+        assert out["relative_difference_to_cholesky"] < 1e-8 and out["peak_extra_MiB"] >= 0
+    with pytest.raises(ValueError, match="method 'sklearn' does not run on cuda"):
+        ridge.measure(64, "sklearn", repeats=1, device="cuda")
 
 
 def test_empirical_worker_checks_methods_against_structured():

@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from ntklib.infinite import activation_dual, infinite_width_kernels
+from ntklib.infinite import activation_dual, infinite_width_kernels, infinite_width_kernels_by_depth
 from conftest import randn
 
 ACTIVATION_FUNCTIONS = {
@@ -114,6 +114,25 @@ def test_row_blocks_do_not_change_the_result(activation, rng):
     torch.testing.assert_close(whole.nngp, blocks.nngp, rtol=0, atol=0)
     torch.testing.assert_close(whole.ntk, blocks.ntk, rtol=0, atol=0)
 
+
+
+@pytest.mark.parametrize("parameterization", ["ntk", "standard"])
+@pytest.mark.parametrize("pair", ["X", "XZ"])
+def test_by_depth_equals_one_call_per_depth(parameterization, pair, rng):
+    """One recursion with a readout after every layer does the same arithmetic as separate calls."""
+    X = randn(7, 3, generator=rng, device="cpu")
+    Z = randn(5, 3, generator=rng, device="cpu") if pair == "XZ" else None
+    options = dict(activation="relu", W_std=1.4, b_std=0.3, parameterization=parameterization, width=16)
+    by_depth = infinite_width_kernels_by_depth(X, Z, max_depth=4, block_size=3, **options)
+    assert len(by_depth) == 4
+    for depth, kernels in enumerate(by_depth, start=1):
+        alone = infinite_width_kernels(X, Z, depth=depth, **options)
+        torch.testing.assert_close(kernels.nngp, alone.nngp, rtol=0, atol=0)
+        torch.testing.assert_close(kernels.ntk, alone.ntk, rtol=0, atol=0)
+    with pytest.raises(ValueError, match="max_depth must be >= 1"):
+        infinite_width_kernels_by_depth(X, max_depth=0)
+    with pytest.raises(ValueError, match="block_size must be >= 1"):
+        infinite_width_kernels_by_depth(X, block_size=0)
 
 def test_symmetric_psd_and_consistent_diagonal(rng):
     X = randn(12, 5, generator=rng, device="cpu")
