@@ -71,6 +71,24 @@ def as_targets(name: str, y: object, n: int, like: Tensor, like_name: str = "X")
     return y
 
 
+def as_initial(
+    name: str, value: object, shape: tuple[int, ...], like: Tensor, like_name: str, shape_note: str = ""
+) -> Tensor:
+    """An optional starting value of exactly ``shape``, finite, on ``like``'s device and dtype;
+    zeros of that shape when ``value`` is None. ``shape_note`` explains the shape in the error."""
+    shape = tuple(shape)
+    if value is None:
+        return torch.zeros(shape, dtype=like.dtype, device=like.device)
+    if not isinstance(value, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape {shape}; got {type(value).__name__}")
+    if tuple(value.shape) != shape:
+        raise ValueError(f"{name} must have shape {shape}{shape_note}; got {tuple(value.shape)}")
+    check_floating(name, value)
+    check_same_placement((like_name, name), like, value)
+    check_finite(name, value)
+    return value
+
+
 def as_square(name: str, K: object) -> Tensor:
     """A finite floating-point square matrix (n, n) with n >= 1."""
     K = as_matrix(name, K)

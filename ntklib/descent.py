@@ -16,12 +16,10 @@ import torch
 from torch import Tensor
 
 from ._checks import (
+    as_initial,
     as_matrix,
     as_square,
     as_targets,
-    check_finite,
-    check_floating,
-    check_same_placement,
     nonnegative_int,
     positive_real,
 )
@@ -47,7 +45,7 @@ def primal_gradient_descent(
     lr = positive_real("lr", lr)
     steps = nonnegative_int("steps", steps)
     n, k = Phi.shape
-    theta = _initial("theta0", theta0, k, like=Phi, like_name="Phi")
+    theta = as_initial("theta0", theta0, (k,), like=Phi, like_name="Phi")
     thetas = [theta]
     for _ in range(steps):
         theta = theta - (lr / n) * (Phi.T @ (Phi @ theta - y))
@@ -77,7 +75,7 @@ def dual_gradient_descent(
     lr = positive_real("lr", lr)
     steps = nonnegative_int("steps", steps)
     n = K.shape[0]
-    f0 = _initial("f0", f0, n, like=K, like_name="K")
+    f0 = as_initial("f0", f0, (n,), like=K, like_name="K")
     alpha = torch.zeros(n, dtype=K.dtype, device=K.device)
     alphas = [alpha]
     for _ in range(steps):
@@ -106,15 +104,3 @@ def _as_vector_targets(y: Tensor, like: Tensor, like_name: str) -> Tensor:
         raise ValueError(f"y must have shape (n,) here; got {tuple(y.shape)}")
     return y
 
-
-def _initial(name: str, value: Tensor | None, size: int, like: Tensor, like_name: str) -> Tensor:
-    if value is None:
-        return torch.zeros(size, dtype=like.dtype, device=like.device)
-    if not isinstance(value, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape ({size},); got {type(value).__name__}")
-    if value.shape != (size,):
-        raise ValueError(f"{name} must have shape ({size},); got {tuple(value.shape)}")
-    check_floating(name, value)
-    check_same_placement((like_name, name), like, value)
-    check_finite(name, value)
-    return value

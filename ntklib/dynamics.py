@@ -30,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ._checks import (
+    as_initial,
     as_targets,
     check_finite,
     check_floating,
@@ -38,6 +39,8 @@ from ._checks import (
     positive_real,
 )
 from .ridge import solve_kernel_system
+
+_ONE_ROW_PER_POINT = " (as y, one row per point)"  # what the shape of f0 / f0_test means
 
 Times = float | Sequence[float] | Tensor
 
@@ -95,13 +98,13 @@ def gradient_flow(
     K = _as_kernel("K_train", K_train)
     n = K.shape[0]
     y = as_targets("y", y, n, like=K, like_name="K_train")
-    f0 = _initial_outputs("f0", f0, y.shape, K, "K_train")
+    f0 = as_initial("f0", f0, y.shape, K, "K_train", _ONE_ROW_PER_POINT)
     lr = positive_real("lr", lr)
     times, scalar = _times(t)
     K_ZX, f0_Z = None, None
     if K_test_train is not None:
         K_ZX = _as_kernel("K_test_train", K_test_train, cols=n, like=K, like_name="K_train")
-        f0_Z = _initial_outputs("f0_test", f0_test, (K_ZX.shape[0], *y.shape[1:]), K, "K_train")
+        f0_Z = as_initial("f0_test", f0_test, (K_ZX.shape[0], *y.shape[1:]), K, "K_train", _ONE_ROW_PER_POINT)
     elif f0_test is not None:
         raise ValueError("f0_test was given without K_test_train: test predictions need both")
     infinite = torch.isinf(times)
@@ -261,19 +264,6 @@ def _as_kernel(
         raise ValueError(f"{name} must have n={cols} columns (one per training point); got shape {tuple(K.shape)}")
     check_finite(name, K)
     return K
-
-
-def _initial_outputs(name: str, f0: object, shape: tuple[int, ...], like: Tensor, like_name: str) -> Tensor:
-    if f0 is None:
-        return torch.zeros(shape, dtype=like.dtype, device=like.device)
-    if not isinstance(f0, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape {shape}; got {type(f0).__name__}")
-    if tuple(f0.shape) != tuple(shape):
-        raise ValueError(f"{name} must have shape {tuple(shape)} (as y, one row per point); got {tuple(f0.shape)}")
-    check_floating(name, f0)
-    check_same_placement((like_name, name), like, f0)
-    check_finite(name, f0)
-    return f0
 
 
 def _check_symmetric(name: str, K: Tensor) -> None:
