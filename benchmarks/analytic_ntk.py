@@ -13,14 +13,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import write_results  # benchmarks/machine.py: the script's folder is on sys.path
 
 RESULTS = Path(__file__).parent / "results" / "analytic_ntk.json"
 
@@ -112,13 +112,7 @@ def main() -> None:
                       f"(x{row['ratio']:.1f}), peak +{row['ntklib']['peak_extra_MiB']:.0f} MiB; naive "
                       f"{row['naive']['seconds'] * 1e3:8.1f} ms (x{row['naive_ratio']:.1f}), "
                       f"peak +{row['naive']['peak_extra_MiB']:.0f} MiB")
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "load_average_at_end": list(os.getloadavg()),
-               "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, rows=rows)
 
 
 if __name__ == "__main__":

@@ -17,8 +17,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
@@ -26,6 +24,8 @@ import sys
 import time
 import warnings
 from pathlib import Path
+
+from machine import write_results  # benchmarks/machine.py: the script's folder is on sys.path
 
 RESULTS = Path(__file__).parent / "results" / "empirical_ntk.json"
 METHODS = ("structured", "jacobian", "ntk_vp")
@@ -123,15 +123,9 @@ def main() -> None:
             s = row["methods"].get("structured", {}).get("speedup_vs_jacobian")
             if s is not None:
                 print(f"{row['device']} n={row['n']}: structured is {s:.0f}x faster than jacobian (target >= 50x)")
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "load_average_at_end": os.getloadavg(),
-               "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
     settings = {"repeats": args.repeats, "slow_repeats": args.slow_repeats,
                 "warm_up": "one run at full size (structured), at n=64 (jacobian, ntk_vp)"}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine, "settings": settings, "rows": rows}, indent=1))
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, settings=settings, rows=rows)
 
 
 if __name__ == "__main__":

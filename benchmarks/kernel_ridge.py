@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import resource
 import statistics
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+from machine import write_results  # benchmarks/machine.py: the script's folder is on sys.path
 
 RESULTS = Path(__file__).parent / "results" / "kernel_ridge.json"
 METHODS = ("ntklib", "sklearn", "cholesky")
@@ -129,13 +129,7 @@ def main() -> None:
             rows.append(row)
             print(f"{device} n={n}: " + ", ".join(f"{m} {r['seconds'] * 1e3:8.1f} ms (+{r['peak_extra_MiB']:.0f} MiB)"
                                                   for m, r in row["methods"].items()))  # fmt: skip
-    machine = {"platform": platform.platform(), "processor": platform.processor(), "cpus": os.cpu_count(),
-               "load_average_at_end": list(os.getloadavg()),
-               "threads": torch.get_num_threads(), "torch": torch.__version__,
-               "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-    RESULTS.parent.mkdir(exist_ok=True)
-    RESULTS.write_text(json.dumps({"machine": machine, "rows": rows}, indent=1))
-    print(f"wrote {RESULTS}")
+    write_results(RESULTS, rows=rows)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,9 @@ BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
 def load(name: str):
+    # The scripts import their sibling benchmarks/machine.py, as they do when run as files.
+    if str(BENCHMARKS) not in sys.path:
+        sys.path.insert(0, str(BENCHMARKS))
     spec = importlib.util.spec_from_file_location(f"bench_{name}", BENCHMARKS / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
@@ -81,6 +84,8 @@ def test_kernel_ridge_script_runs_end_to_end(tmp_path, monkeypatch):
     monkeypatch.setattr(sys, "argv", ["kernel_ridge.py", "--n", "30", "--repeats", "1"])
     # The driver re-runs the script file in subprocesses (one per method) for clean memory figures.
     ridge.main()
-    rows = json.loads(result.read_text())["rows"]
+    written = json.loads(result.read_text())
+    rows = written["rows"]
     assert [row["n"] for row in rows] == [30]
+    assert written["machine"]["torch"] == torch.__version__ and written["machine"]["cpus"] >= 1
     assert set(rows[0]["methods"]) == set(ridge.METHODS)
