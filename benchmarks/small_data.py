@@ -2,8 +2,8 @@
 
     .venv/bin/python benchmarks/small_data.py [--workers 2]
 
-Runs :func:`ntklib.benchmark.evaluate` (5-fold stratified CV repeated twice, seed 0) for all
-methods on all data sets, and :func:`ntklib.benchmark.few_shot` on digits and breast cancer,
+Runs :func:`ntkbook.small_data.evaluate` (5-fold stratified CV repeated twice, seed 0) for all
+methods on all data sets, and :func:`ntkbook.small_data.few_shot` on digits and breast cancer,
 each job in its own process with one torch thread. Every number is seeded: a rerun on the same
 machine gives the same scores (the finite MLPs train in float32, so another CPU may differ in
 the last bits). Writes benchmarks/results/small_data.json: ``{"settings", "grid", "few_shot",
@@ -32,7 +32,7 @@ FEW_SHOT = dict(
 def run(job: tuple[str, str]) -> tuple[str, str, list[dict], float]:
     import torch
 
-    from ntklib import benchmark as bm
+    from ntkbook import small_data as bm
 
     torch.set_num_threads(1)
     kind, name = job
@@ -45,7 +45,7 @@ def run(job: tuple[str, str]) -> tuple[str, str, list[dict], float]:
 
 
 def main() -> None:
-    from ntklib import benchmark as bm
+    from ntkbook import small_data as bm
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--workers", type=int, default=2)

@@ -10,6 +10,17 @@ import torch
 from torch import Tensor
 
 
+PARAMETERIZATIONS = ("ntk", "standard")
+
+
+def check_parameterization(parameterization: object) -> str:
+    if parameterization not in PARAMETERIZATIONS:
+        raise ValueError(
+            f"unknown parameterization {parameterization!r}; expected one of: {', '.join(PARAMETERIZATIONS)}"
+        )
+    return parameterization  # type: ignore[return-value]
+
+
 def as_matrix(name: str, X: object) -> Tensor:
     """Check that ``X`` is a finite, non-empty, floating-point tensor of shape (n, d)."""
     if not isinstance(X, Tensor):

@@ -1,30 +1,39 @@
-"""The empirical NTK of a finite network, its linearisation, and Monte Carlo kernels of random MLPs.
+"""The empirical NTK of a finite network, its linearisation, and Monte Carlo kernels of random networks.
 
 For a network f(x; theta) with P trainable parameters, the empirical NTK is
 
     Theta(x, z) = sum_p  df(x)/dtheta_p  df(z)/dtheta_p  =  J(x) J(z)^T,
 
-which at initialisation converges to the analytic NTK of :mod:`ntklib.infinite` as the width
+which at initialisation converges to the analytic NTK of the network's description as the width
 grows (Jacot et al. 2018), and which governs the linearised network
 f_lin(x; theta) = f(x; theta_0) + J(x) (theta - theta_0) (Lee et al. 2019).
 
 Every function here evaluates the rows of X separately in effect: the model must treat the rows
-of its input independently (no batch normalisation), as a kernel requires.
+of its input independently (no batch normalisation, no dropout in training mode), as a kernel
+requires.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
+from torch.nn import functional as F
 
-from ._checks import as_matrix, as_matrix_pair, positive_int
-from .infinite import Kernels
-from .networks import MLP
+from ._checks import positive_int
+from .layers.base import Layer, Serial
+from .layers.driver import check_inputs
+from .layers.linear import ConvModule, Dense, DenseModule
+from .layers.state import Kernels
 
 METHODS = ("auto", "structured", "jacobian", "ntk_vp")
+LAYOUTS = ("full", "trace", "diagonal")
+# Modules whose share of the NTK the structured method contracts from backward signals and inputs.
+STRUCTURED_MODULES = (DenseModule, ConvModule, nn.Linear, nn.Conv1d, nn.Conv2d)
 
 
 def empirical_ntk(
@@ -33,69 +42,81 @@ def empirical_ntk(
     Z: Tensor | None = None,
     method: str = "auto",
     *,
+    layout: str = "full",
     block_size: int | None = None,
 ) -> Tensor:
     """Theta[i, j] = sum_p df(x_i)/dp df(z_j)/dp over the trainable parameters p of ``model``.
 
-    Output convention: a model with outputs of shape (n,) or (n, 1) is scalar and gives Theta of
-    shape (n, m). A model with outputs (n, k), k > 1, gives the full output blocks
-    Theta[i, j, a, b] = sum_p df_a(x_i)/dp df_b(z_j)/dp of shape (n, m, k, k), the layout of
-    neural-tangents with trace_axes=() and of PyTorch's NTK tutorial. For a randomly initialised
-    MLP the entries a != b are small next to the diagonal ones and vanish relative to them as
-    the width grows; then ``Theta.diagonal(dim1=2, dim2=3).mean(-1)`` is an (n, m) summary.
+    Output layouts (PyTorch's NTK tutorial): for a model with outputs (n, k), ``"full"`` gives
+    Theta[i, j, a, b] = sum_p df_a(x_i)/dp df_b(z_j)/dp of shape (n, m, k, k) (neural-tangents
+    with trace_axes=()), squeezed to (n, m) when the outputs are (n,) or (n, 1);
+    ``"diagonal"`` the blocks a = b, (n, m, k); ``"trace"`` their sum over a, (n, m). For a
+    randomly initialised wide network the blocks a != b are small next to the diagonal ones and
+    vanish relative to them as the width grows.
 
-    Methods (all agree to rounding; the results differ only in cost):
-      * "structured" (:class:`ntklib.MLP` only): never forms the P-column Jacobian. A Dense layer
-        h = s_W a W^T + s_b b has dh_u/dW_uv = s_W a_v and dh_u/db_u = s_b, so its share is
-        (delta(x) . delta(z)) (s_W^2 a(x) . a(z) + s_b^2), where a is the layer's input and
-        delta = df/dh its backward signal, got by one batched manual backward pass. Cost
-        O((n + m) width^2 depth + n m width depth); memory O(n m + (n + m) width depth).
+    Methods (all agree to rounding; they differ in cost):
+      * "structured": never forms the P-column Jacobian. For a layer h = s_W W a + s_b b with
+        backward signal delta = df/dh, dh_u/dW_uv = s_W a_v: a Dense layer's share is
+        (delta(x) . delta(z)) (s_W^2 a(x) . a(z) + s_b^2); a convolution's weights are shared
+        by all positions, so its share is the inner product of the per-input weight gradients
+        s_W sum_p delta(x, p) patch(x, p)^T, one layer at a time. The signals come from one
+        batched backward pass per output. Works for networks built by ``net.init`` (any
+        layers) and any module whose trainable parameters all sit in ``nn.Linear``,
+        ``nn.Conv1d``/``nn.Conv2d`` (groups 1) or ntklib Dense/Conv modules, each called once
+        per forward pass (e.g. an ``nn.Sequential`` of those and activations).
       * "jacobian": per-sample Jacobians by ``vmap(jacrev)``, contracted parameter by
-        parameter. Cost O((n + m) k P) memory and O(n m k^2 P) time.
+        parameter. Memory O((n + m) k P), time O(n m k^2 P).
       * "ntk_vp": NTK-vector products Theta v = J(X) (J(Z)^T v) (a vjp, then a jvp), applied to
         the columns of the (m k)-identity, ``block_size`` at a time under vmap. Never stores a
         Jacobian: memory is that of block_size forward passes, time O(m k) vjp + jvp pairs.
-      * "auto": "structured" for an MLP, else "jacobian".
+      * "auto": "structured" when the model's parameters allow it, else "jacobian".
 
     Args:
-        model: a module mapping (n, d) -> (n,) or (n, k), with parameters on X's device and dtype.
-        X: (n, d) inputs.
-        Z: (m, d) inputs; None means X.
+        model: a module mapping ``(n, *in_shape)`` -> (n,) or (n, k), with parameters on X's
+            device and dtype.
+        X: ``(n, *in_shape)`` inputs (vectors (n, d) or images (n, C, H, W)).
+        Z: ``(m, *in_shape)`` inputs; None means X (Theta is then exactly symmetric).
         method: "auto", "structured", "jacobian" or "ntk_vp".
+        layout: "full", "trace" or "diagonal" (above).
         block_size: basis columns per vmapped batch of "ntk_vp" (default: about 2^16 sample
             evaluations per batch); ignored by the other methods.
 
     Returns:
-        The NTK Theta, (n, m) or (n, m, k, k), on X's device and dtype.
+        The NTK Theta on X's device and dtype, shaped by ``layout``.
     """
-    X, Z_ = as_matrix_pair(X, Z)
+    X, Z_ = check_inputs(X, Z)
+    Z_ = X if Z_ is None else Z_
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(METHODS)}")
+    if layout not in LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; expected one of: {', '.join(LAYOUTS)}")
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
     params = _trainable_parameters(model, X)
-    if isinstance(model, MLP):
-        model.check_input("X", X)
-        model.check_input("Z", Z_)
-    if method == "auto":
-        method = "structured" if isinstance(model, MLP) else "jacobian"
+    check = getattr(model, "check_input", None)
+    if callable(check):
+        check("X", X)
+        check("Z", Z_)
     if block_size is not None:
         block_size = positive_int("block_size", block_size)
-
+    structured_problem = _structured_problem(model)
+    if method == "auto":
+        method = "jacobian" if structured_problem else "structured"
+    if method == "structured" and structured_problem:
+        raise ValueError(f"method='structured' cannot handle this model: {structured_problem}; "
+                         "use method='jacobian' or 'ntk_vp'")  # fmt: skip
+    k = _output_dim(model, X)
+    Z_or_none = None if Z is None else Z_
     if method == "structured":
-        if not isinstance(model, MLP):
-            raise ValueError(
-                f"method='structured' needs an ntklib MLP (it uses the known layer structure); got "
-                f"{type(model).__name__}: use method='jacobian' or 'ntk_vp'"
-            )
-        theta, _ = _structured_ntk(model, X, None if Z is None else Z_)
-        k = model.out_features
+        theta = _structured_ntk(model, X, Z_or_none, k)
+    elif method == "jacobian":
+        theta = _jacobian_ntk(model, params, X, Z_or_none, k)
     else:
-        k = _output_dim(model, X)
-        if method == "jacobian":
-            theta = _jacobian_ntk(model, params, X, None if Z is None else Z_, k)
-        else:
-            theta = _ntk_vp(model, params, X, Z_, k, block_size)
+        theta = _ntk_vp(model, params, X, Z_, k, block_size)
+    if layout == "trace":
+        return theta.diagonal(dim1=2, dim2=3).sum(-1).contiguous()
+    if layout == "diagonal":
+        return theta.diagonal(dim1=2, dim2=3).contiguous()
     return (theta[:, :, 0, 0] if k == 1 else theta).contiguous()
 
 
@@ -115,80 +136,156 @@ def _trainable_parameters(model: nn.Module, X: Tensor) -> dict[str, Tensor]:
 
 
 def _output_dim(model: nn.Module, X: Tensor) -> int:
-    """k for outputs (n,) (k = 1) or (n, k), from one forward pass on the first row of X."""
+    """k for outputs (n,) (k = 1) or (n, k), from one forward pass on the first input."""
     try:
         with torch.no_grad():
             out = model(X[:1])
     except RuntimeError as error:
-        raise ValueError(f"model failed on X of shape {tuple(X.shape)}: {error}") from error
+        raise ValueError(f"model failed on inputs of shape {tuple(X.shape)}: {error}") from error
     if not isinstance(out, Tensor) or out.ndim not in (1, 2) or out.shape[0] != 1 or out.numel() == 0:
         shape = tuple(out.shape) if isinstance(out, Tensor) else type(out).__name__
-        raise ValueError(f"model must map (n, d) inputs to outputs of shape (n,) or (n, k); for n=1 it gave {shape}")
+        raise ValueError(f"model must map n inputs to outputs of shape (n,) or (n, k); for n=1 it gave {shape}")
     return 1 if out.ndim == 1 else out.shape[1]
 
 
-def _structured_ntk(model: MLP, X: Tensor, Z: Tensor | None) -> tuple[Tensor, Tensor]:
-    """Theta as (n, m, k, k), and the Gram a_L(X) a_L(Z)^T of the readout's inputs (n, m).
+# -------------------------------------------------------------------------------- structured
 
-    Z=None means Z = X, which halves the work and keeps Theta exactly symmetric.
-    """
+
+def _structured_problem(model: nn.Module) -> str:
+    """Why the structured method cannot handle ``model``, or "" when it can."""
+    owned: set[int] = set()
+    for name, module in model.named_modules():
+        direct = [p for p in module.parameters(recurse=False) if p.requires_grad]
+        if not direct:
+            continue
+        if not isinstance(module, STRUCTURED_MODULES):
+            return f"module {name!r} ({type(module).__name__}) has trainable parameters of a kind it does not know"
+        if isinstance(module, (nn.Conv1d, nn.Conv2d)) and (module.groups != 1 or module.transposed):
+            return f"module {name!r} is a grouped or transposed convolution"
+        owned.update(id(p) for p in direct)
+    return ""
+
+
+def _layer_gradient_factors(module: nn.Module, a: Tensor) -> tuple[Tensor, float, float]:
+    """The layer's input as the factor its weight gradient multiplies: (n, fan_in) for a dense
+    layer, (n, C_in * filter size, positions) patches for a convolution; and s_W, s_b."""
+    if isinstance(module, DenseModule):
+        return a, module.weight_scale, module.bias_scale
+    if isinstance(module, nn.Linear):
+        return a, 1.0, 1.0
+    if isinstance(module, ConvModule):
+        padded, stride, dilation = module.pad(a), module.stride, (1,) * len(module.stride)
+        s_W, s_b = module.weight_scale, module.bias_scale
+    else:  # nn.Conv1d / nn.Conv2d
+        padded, stride, dilation = _torch_conv_pad(module, a), module.stride, module.dilation
+        s_W, s_b = 1.0, 1.0
+    kernel_size = tuple(module.weight.shape[2:])
+    if padded.ndim == 3:  # 1-D: unfold is 2-D only
+        padded, kernel_size, stride, dilation = (padded[:, :, None, :], (1, *kernel_size), (1, *stride),
+                                                 (1, *dilation))  # fmt: skip
+    return F.unfold(padded, kernel_size, dilation=dilation, stride=stride), s_W, s_b
+
+
+def _torch_conv_pad(module: nn.Module, a: Tensor) -> Tensor:
+    """The input of a torch convolution with its own padding applied (torch's rules)."""
+    if isinstance(module.padding, str):
+        if module.padding == "valid":
+            return a
+        amounts = []
+        for d, k in zip(reversed(module.dilation), reversed(module.kernel_size)):
+            total = d * (k - 1)
+            amounts += [total // 2, total - total // 2]
+    else:
+        amounts = [p for p in reversed(module.padding) for _ in range(2)]
+    if not any(amounts):
+        return a
+    mode = "constant" if module.padding_mode == "zeros" else module.padding_mode
+    return F.pad(a, amounts, mode=mode)
+
+
+def _signals(model: nn.Module, X: Tensor, k: int) -> list[tuple[nn.Module, Tensor, Tensor]]:
+    """For each layer with trainable weights: (module, its input (n, ...), its backward
+    signals df_a/dh (n, k, *h.shape[1:])), from one forward pass and k backward passes."""
+    records: list[tuple[nn.Module, Tensor, Tensor]] = []
+    calls: dict[nn.Module, int] = {}
+
+    def hook(module: nn.Module, inputs: tuple[Tensor, ...], output: Tensor) -> None:
+        calls[module] = calls.get(module, 0) + 1
+        records.append((module, inputs[0].detach(), output))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, STRUCTURED_MODULES) and any(p.requires_grad for p in m.parameters(recurse=False))]  # fmt: skip
+    try:
+        with torch.enable_grad():
+            out = model(X).reshape(X.shape[0], k)
+    finally:
+        for handle in handles:
+            handle.remove()
+    repeated = [type(m).__name__ for m, count in calls.items() if count > 1]
+    if repeated:
+        raise ValueError(f"method='structured' needs each layer called once per forward pass; {repeated} were "
+                         "called more often (shared weights): use method='jacobian'")  # fmt: skip
+    outputs = [h for _, _, h in records]
+    per_output = []
+    for a in range(k):
+        grads = torch.autograd.grad(out[:, a].sum(), outputs, retain_graph=a + 1 < k, allow_unused=True)
+        per_output.append([torch.zeros_like(h) if g is None else g for g, h in zip(grads, outputs)])
+    return [(module, inp, torch.stack([g[index] for g in per_output], dim=1).detach())
+            for index, (module, inp, _) in enumerate(records)]  # fmt: skip
+
+
+def _structured_ntk(model: nn.Module, X: Tensor, Z: Tensor | None, k: int) -> Tensor:
+    """Theta as (n, m, k, k) by contracting each layer's backward signals with its inputs."""
+    signals_x = _signals(model, X, k)
+    signals_z = signals_x if Z is None else _signals(model, Z, k)
+    n, m = X.shape[0], (X if Z is None else Z).shape[0]
+    theta = X.new_zeros(n * k, m * k)
     with torch.no_grad():
-        inputs_x, signals_x = _forward_backward(model, X)
-        inputs_z, signals_z = (inputs_x, signals_x) if Z is None else _forward_backward(model, Z)
-        n, m, k = X.shape[0], (X if Z is None else Z).shape[0], model.out_features
-        theta = torch.zeros(n, k, m, k, dtype=X.dtype, device=X.device)
-        readout_gram = inputs_x[-1] @ inputs_z[-1].T
-        for layer, a_x, a_z, delta_x, delta_z in zip(model.layers, inputs_x, inputs_z, signals_x, signals_z):
-            use_weight = layer.weight.requires_grad
-            use_bias = layer.bias is not None and layer.bias.requires_grad and layer.bias_scale != 0.0
-            if not (use_weight or use_bias):
-                continue  # frozen layer: no parameters of it in the sum
-            gram = readout_gram if layer is model.readout else a_x @ a_z.T
-            # s_W^2 a(x).a(z) + s_b^2: the layer-input factor, (n, m).
-            factor = gram * layer.weight_scale**2 if use_weight else torch.zeros_like(gram)
+        for (module, a_x, delta_x), (_, a_z, delta_z) in zip(signals_x, signals_z):
+            use_weight = module.weight.requires_grad
+            use_bias = module.bias is not None and module.bias.requires_grad
+            factor_x, s_W, s_b = _layer_gradient_factors(module, a_x)
+            factor_z = factor_x if Z is None else _layer_gradient_factors(module, a_z)[0]
+            if use_bias and s_b == 0.0:
+                use_bias = False  # "ntk" with b_std = 0: the bias has a zero gradient
+            if factor_x.ndim == 2:  # dense: Gram of signals times Gram of inputs
+                if a_x.ndim != 2 or delta_x.ndim != 3:
+                    raise ValueError(f"method='structured': {type(module).__name__} receives inputs of shape "
+                                     f"{tuple(a_x.shape)}; it handles dense layers on (n, features) only")  # fmt: skip
+                signal_gram = delta_x.reshape(n * k, -1) @ delta_z.reshape(m * k, -1).T  # (n k, m k)
+                weight = (factor_x @ factor_z.T).mul_(s_W**2) if use_weight else X.new_zeros(n, m)
+                if use_bias:
+                    weight = weight + s_b**2
+                if use_weight or use_bias:
+                    theta += signal_gram.view(n, k, m, k).mul_(weight[:, None, :, None]).view(n * k, m * k)
+                continue
+            # convolution: per-input weight gradients s_W delta (C_out, positions) @ patches^T
+            out_channels = delta_x.shape[2]
+            dx = delta_x.reshape(n, k, out_channels, -1)  # (n, k, C_out, positions)
+            dz = delta_z.reshape(m, k, out_channels, -1)
+            if use_weight:
+                grad_x = torch.einsum("nkop,nfp->nkof", dx, factor_x).reshape(n * k, -1)
+                grad_z = grad_x if Z is None else torch.einsum("nkop,nfp->nkof", dz, factor_z).reshape(m * k, -1)
+                theta.addmm_(grad_x, grad_z.T, alpha=s_W**2)
             if use_bias:
-                factor = factor + layer.bias_scale**2
-            if delta_x is None:  # the readout: df_a/dh_b = [a == b]
-                theta.diagonal(dim1=1, dim2=3).add_(factor[:, :, None])
-            else:
-                signal_gram = (delta_x.reshape(n * k, -1) @ delta_z.reshape(m * k, -1).T).view(n, k, m, k)
-                theta.add_(signal_gram.mul_(factor[:, None, :, None]))
-        return theta.permute(0, 2, 1, 3), readout_gram
+                bx, bz = dx.sum(-1).reshape(n * k, -1), dz.sum(-1).reshape(m * k, -1)
+                theta.addmm_(bx, bz.T, alpha=s_b**2)
+    theta = theta.view(n, k, m, k).permute(0, 2, 1, 3)
+    if Z is None:  # exactly symmetric, as the kernel is
+        full = theta.permute(0, 2, 1, 3).reshape(n * k, n * k)
+        full = full.triu() + full.triu(1).T
+        theta = full.view(n, k, n, k).permute(0, 2, 1, 3)
+    return theta
 
 
-def _forward_backward(model: MLP, X: Tensor) -> tuple[list[Tensor], list[Tensor | None]]:
-    """For every Dense layer: its input a (n, fan_in) and its backward signal df/dh (n, k, fan_out).
-
-    The readout's signal is the identity (df_a/dh_b = [a == b]) and is returned as None; for a
-    hidden layer l, delta_l = (delta_{l+1} @ (s_W W_{l+1})) * phi'(h_l), the chain rule through
-    the next Dense layer and this layer's activation.
-    """
-    inputs, preactivations = [], []
-    a = X
-    for layer in model.hidden:
-        inputs.append(a)
-        h = layer(a)
-        preactivations.append(h)
-        a = model.phi(h)
-    inputs.append(a)
-
-    signals: list[Tensor | None] = [None] * (model.depth + 1)
-    # Through the readout: d f_a / d a_L = s_W W_readout[a], the same for every sample.
-    upstream = (model.readout.weight_scale * model.readout.weight).expand(X.shape[0], -1, -1)  # (n, k, w)
-    for index in reversed(range(model.depth)):
-        delta = upstream * model.phi_prime(preactivations[index])[:, None, :]  # (n, k, w)
-        signals[index] = delta
-        if index > 0:
-            layer = model.hidden[index]
-            upstream = delta @ (layer.weight_scale * layer.weight)  # (n, k, fan_in)
-    return inputs, signals
+# ------------------------------------------------------------------------ torch.func methods
 
 
 def _jacobian_ntk(model: nn.Module, params: dict[str, Tensor], X: Tensor, Z: Tensor | None, k: int) -> Tensor:
     """J(X) J(Z)^T with per-sample Jacobians from vmap(jacrev), as (n, m, k, k)."""
 
     def f(p: dict[str, Tensor], x: Tensor) -> Tensor:
-        return functional_call(model, p, (x[None, :],)).reshape(k)
+        return functional_call(model, p, (x[None],)).reshape(k)
 
     per_sample_jacobian = vmap(jacrev(f), in_dims=(None, 0))
     jac_x = per_sample_jacobian(params, X)  # name -> (n, k, *shape)
@@ -232,6 +329,9 @@ def _ntk_vp(
     return out.view(m, k, n, k).permute(2, 0, 3, 1)
 
 
+# ----------------------------------------------------------------------------- linearisation
+
+
 class LinearizedModel:
     """f_lin(params, x) = f(x; theta_0) + J(x) (params - theta_0): the first-order Taylor
     expansion of a model around its parameters theta_0 at construction, by one
@@ -259,8 +359,8 @@ class LinearizedModel:
         self._constants = {**frozen, **{name: b.detach().clone() for name, b in model.named_buffers()}}
 
     def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
-        """params: name -> tensor shaped as theta_0; x: (n, d). Returns what model(x) would."""
-        x = as_matrix("x", x)
+        """params: name -> tensor shaped as theta_0; x: ``(n, *in_shape)``. Returns what model(x) would."""
+        x, _ = check_inputs(x, None, names=("x", "z"))
         tangents = self._tangents(params)
 
         def f(p: dict[str, Tensor]) -> Tensor:
@@ -297,56 +397,102 @@ def linearize(model: nn.Module) -> LinearizedModel:
     return LinearizedModel(model)
 
 
+# ----------------------------------------------------------------------------- Monte Carlo
+
+
+class MonteCarloKernels(NamedTuple):
+    """Means over random networks and their standard errors (None for a single network)."""
+
+    nngp: Tensor
+    ntk: Tensor
+    nngp_stderr: Tensor | None
+    ntk_stderr: Tensor | None
+
+
 def monte_carlo_kernels(
-    X: Tensor,
+    net: Layer | Tensor,
+    X: Tensor | None = None,
     Z: Tensor | None = None,
-    depth: int = 1,
-    width: int = 512,
-    activation: str = "relu",
-    W_std: float = 1.0,
-    b_std: float | None = 0.0,
-    parameterization: str = "ntk",
-    num_samples: int = 16,
+    n_samples: int = 16,
     *,
-    negative_slope: float = 0.01,
     generator: torch.Generator | None = None,
-) -> Kernels:
-    """NNGP and NTK of :class:`ntklib.MLP` (out_features = 1), averaged over random networks.
+    **mlp_options: object,
+) -> MonteCarloKernels:
+    """NNGP and NTK of a network description, averaged over finite random networks.
 
-    Draws ``num_samples`` networks ``MLP(d, width, depth, 1, activation, W_std, b_std,
-    parameterization)`` and averages, for each:
+    Draws ``n_samples`` networks ``net.init(in_shape)`` and averages, for each:
 
-      * nngp: the output covariance given the hidden layers, E[f(x) f(z) | a_L] =
-        W_std^2 / width  a_L(x) . a_L(z) + b_std^2 (a_L the last hidden post-activations; the
-        readout's weights and bias are integrated out exactly). Unbiased for the finite network's
-        E[f(x) f(z)], with variance O(1 / (width num_samples)) instead of O(1 / num_samples) for
-        raw products f(x) f(z);
-      * ntk: the empirical NTK of :func:`empirical_ntk` (method "structured").
+      * nngp: when the network ends in a :class:`~ntklib.Dense` readout, the output covariance
+        given the layers below it, E[f(x) f(z) | a] = W_std^2 / fan_in  a(x) . a(z) + b_std^2
+        (a the readout's input; its weights and bias are integrated out exactly): unbiased for
+        the finite network's E[f(x) f(z)], with variance O(1 / (width n_samples)) instead of
+        O(1 / n_samples) for raw products; otherwise f(x) . f(z) / k over the k outputs;
+      * ntk: the empirical NTK (:func:`empirical_ntk`, "auto"), averaged over the diagonal
+        output blocks.
 
-    As width -> infinity both converge to :func:`ntklib.infinite_width_kernels` with the
-    same arguments (for "standard", pass it the same ``width``), with an O(1/width) bias from the
-    finite width.
+    As the widths grow both converge to ``net.kernels(X, Z)`` (for "standard", at the widths
+    given), with an O(1/width) bias from the finite width.
+
+    The older form ``monte_carlo_kernels(X, Z, depth=..., width=..., activation=...,
+    W_std=..., b_std=..., parameterization=..., num_samples=..., negative_slope=...)`` is the
+    same for :class:`ntklib.MLP` networks (one output).
 
     Args:
-        X: (n, d) inputs.
-        Z: (m, d) inputs; None means X.
-        depth, width, activation, W_std, b_std, parameterization, negative_slope: as
-            :class:`ntklib.MLP`.
-        num_samples: number of networks >= 1.
+        net: a layer description (e.g. ``nk.serial(...)``), or X for the MLP form.
+        X: ``(n, *in_shape)`` inputs.
+        Z: ``(m, *in_shape)`` inputs; None means X.
+        n_samples: number of networks >= 1.
         generator: draws every network (on its own device; the global generator when None).
 
     Returns:
-        Kernels(nngp, ntk), each (n, m) on X's device and dtype.
+        MonteCarloKernels(nngp, ntk, nngp_stderr, ntk_stderr), each (n, m) on X's device and
+        dtype; the standard errors of the means are None when n_samples is 1.
     """
-    X, Z_ = as_matrix_pair(X, Z)
-    num_samples = positive_int("num_samples", num_samples)
-    nngp = torch.zeros(X.shape[0], Z_.shape[0], dtype=X.dtype, device=X.device)
-    ntk = torch.zeros_like(nngp)
-    for _ in range(num_samples):
-        net = MLP(X.shape[1], width, depth, 1, activation, W_std, b_std, parameterization,
-                  negative_slope=negative_slope, generator=generator, dtype=X.dtype, device=X.device)
-        theta, readout_gram = _structured_ntk(net, X, None if Z is None else Z_)
-        ntk += theta[:, :, 0, 0]
-        nngp += readout_gram
-    b_var = 0.0 if b_std is None else float(b_std) ** 2
-    return Kernels(nngp * (float(W_std) ** 2 / (width * num_samples)) + b_var, ntk / num_samples)
+    if isinstance(net, Tensor):  # the MLP form: (X, Z, depth=..., width=..., ...)
+        from .networks import mlp
+
+        X, Z = net, (X if X is not None else Z)
+        width = mlp_options.pop("width", 512)
+        n_samples = mlp_options.pop("num_samples", n_samples)
+        depth = mlp_options.pop("depth", 1)
+        activation = mlp_options.pop("activation", "relu")
+        net = mlp(width, depth, 1, activation, **mlp_options)  # type: ignore[arg-type]
+    elif mlp_options:
+        raise TypeError(f"monte_carlo_kernels got unexpected keyword arguments {sorted(mlp_options)}")
+    if not isinstance(net, Layer):
+        raise TypeError(f"net must be an ntklib layer description (e.g. nk.serial(...)); got {type(net).__name__}")
+    X, Z_ = check_inputs(X, Z)
+    n_samples = positive_int("n_samples", n_samples)
+    net.output_shape(tuple(X.shape[1:]))
+    readout = net.layers[-1] if isinstance(net, Serial) and isinstance(net.layers[-1], Dense) else None
+    sums = [X.new_zeros(X.shape[0], (X if Z_ is None else Z_).shape[0]) for _ in range(4)]  # nngp, nngp^2, ntk, ntk^2
+    for _ in range(n_samples):
+        model = net.init(tuple(X.shape[1:]), generator=generator, dtype=X.dtype, device=X.device)
+        nngp = _nngp_sample(model, readout, X, Z_)
+        ntk = empirical_ntk(model, X, Z_, layout="trace")
+        ntk = ntk / _output_dim(model, X)
+        for index, value in ((0, nngp), (2, ntk)):
+            sums[index] += value
+            sums[index + 1] += value * value
+    means = [sums[0] / n_samples, sums[2] / n_samples]
+    if n_samples == 1:
+        return MonteCarloKernels(means[0], means[1], None, None)
+    errors = [((sums[i + 1] / n_samples - mean * mean).clamp_min(0) * (n_samples / (n_samples - 1)) / n_samples).sqrt()
+              for i, mean in zip((0, 2), means)]  # fmt: skip
+    return MonteCarloKernels(means[0], means[1], errors[0], errors[1])
+
+
+def _nngp_sample(model: nn.Module, readout: Dense | None, X: Tensor, Z: Tensor | None) -> Tensor:
+    with torch.no_grad():
+        if readout is None:
+            fx = model(X).reshape(X.shape[0], -1)
+            fz = fx if Z is None else model(Z).reshape(Z.shape[0], -1)
+            return fx @ fz.T / fx.shape[1]
+        below = model.body[:-1]
+        a_x = below(X)
+        a_z = a_x if Z is None else below(Z)
+        b_var = 0.0 if readout.b_std is None else readout.b_std**2
+        return (a_x @ a_z.T).mul_(readout.W_std**2 / a_x.shape[1]).add_(b_var)
+
+
+__all__ = ["Kernels", "LinearizedModel", "MonteCarloKernels", "empirical_ntk", "linearize", "monte_carlo_kernels"]

@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -36,11 +37,44 @@ def test_naive_analytic_baseline_computes_ntklibs_kernels():
         torch.testing.assert_close(ntk, reference.ntk, rtol=1e-10, atol=1e-10)
 
 
-def test_analytic_worker_reports_a_time_and_memory():
+class FakeClock:
+    """Stands in for the ``time`` and ``resource`` modules of a benchmark script: perf_counter
+    steps through ``ticks``, and the resident-set peak (KiB) grows by ``grow_kib`` after the
+    first reading. The worker's reported median and peak can then be checked exactly."""
+
+    RUSAGE_SELF = 0
+
+    def __init__(self, ticks, grow_kib):
+        self.ticks, self.grow_kib, self.rss_reads = list(ticks), grow_kib, 0
+
+    def perf_counter(self):
+        return self.ticks.pop(0)
+
+    def getrusage(self, who):
+        self.rss_reads += 1
+        return SimpleNamespace(ru_maxrss=1000 + (self.grow_kib if self.rss_reads > 1 else 0))
+
+
+def test_analytic_worker_reports_the_median_time_and_the_peak_growth(monkeypatch):
+    """Three timed repeats of 2, 5 and 3 s: the median is 3 s; a peak 3 MiB above the baseline
+    reads 3.0 MiB. The clock is fake, so the worker's bookkeeping is checked, not the machine."""
     analytic = load("analytic_ntk")
     for what in ("matmul", "ntklib", "naive"):
-        out = analytic.measure(64, 4, 2, "float64", what, repeats=1, device="cpu")
-        assert out["seconds"] > 0 and out["peak_extra_MiB"] >= 0
+        clock = FakeClock([10.0, 12.0, 20.0, 25.0, 30.0, 33.0], grow_kib=3 * 1024)
+        monkeypatch.setattr(analytic, "time", clock)
+        monkeypatch.setattr(analytic, "resource", clock)
+        out = analytic.measure(64, 4, 2, "float64", what, repeats=3, device="cpu")
+        assert out == {"seconds": 3.0, "peak_extra_MiB": 3.0}, what
+        assert clock.ticks == [] and clock.rss_reads == 2
+
+
+def test_naive_worker_refuses_to_time_a_wrong_kernel(monkeypatch):
+    """"naive" is timed only after it reproduces ntklib's kernels: a wrong transcription fails."""
+    analytic = load("analytic_ntk")
+    right = analytic.naive_relu_kernels
+    monkeypatch.setattr(analytic, "naive_relu_kernels", lambda X, depth: right(X, depth + 1))
+    with pytest.raises(AssertionError):
+        analytic.measure(64, 4, 2, "float64", "naive", repeats=1, device="cpu")
 
 
 def test_kernel_ridge_solvers_agree():
@@ -69,12 +103,41 @@ def test_kernel_ridge_worker_on_cuda():
         ridge.measure(64, "sklearn", repeats=1, device="cuda")
 
 
-def test_empirical_worker_checks_methods_against_structured():
+def test_empirical_worker_computes_the_kernel_every_method_agrees_on(monkeypatch):
+    """Every kernel the worker times is recorded; the "structured" one is checked against the
+    torch.func Jacobian contraction of the same network and points (the worker's own
+    relative_difference_to_structured is 0 for "structured" by construction), and the
+    "jacobian" row's reported difference is checked against the recorded kernels."""
+    import ntklib.empirical
+
     empirical = load("empirical_ntk")
+    timed = []
+
+    def recording(model, X, Z=None, method="auto", **kwargs):
+        theta = nk.empirical_ntk(model, X, Z, method=method, **kwargs)
+        timed.append((model, X, method, theta))
+        return theta
+
+    monkeypatch.setattr(ntklib.empirical, "empirical_ntk", recording)
+    kernels = {}
     for method in ("structured", "jacobian"):
+        timed.clear()
         out = empirical.measure(8, 3, 16, 2, method, repeats=1, device="cpu")
-        assert out["relative_difference_to_structured"] < 1e-5
         assert out["parameters"] == 3 * 16 + 16 + 16 * 16 + 16 + 16 + 1
+        assert len(timed) == 3  # the warm-up, one timed run, the "structured" reference
+        model, X, used, theta = timed[1]
+        assert used == method and X.shape == (8, 3) and theta.shape == (8, 8)
+        kernels[method] = theta
+        if method == "structured":
+            reference = nk.empirical_ntk(model, X, method="jacobian")
+            assert float((theta - reference).abs().max() / reference.abs().max()) < 1e-5
+        else:
+            structured = timed[2][3]
+            error = float((theta - structured).abs().max() / structured.abs().max())
+            assert out["relative_difference_to_structured"] == pytest.approx(error, rel=1e-6, abs=1e-12)
+            assert out["relative_difference_to_structured"] < 1e-5
+    # Both runs use the same seeded network and points, so they computed the same kernel.
+    torch.testing.assert_close(kernels["structured"], kernels["jacobian"], rtol=1e-5, atol=1e-5)
 
 
 def test_kernel_ridge_script_runs_end_to_end(tmp_path, monkeypatch):

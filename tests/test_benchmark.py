@@ -1,4 +1,5 @@
-"""ntklib.benchmark at tiny sizes: correctness of every code path, never timing."""
+"""ntkbook.small_data (chapter 8's benchmark) at tiny sizes: every code path against an
+independent computation, never timing."""
 
 import functools
 
@@ -7,7 +8,7 @@ import pytest
 import torch
 
 import ntklib as nk
-from ntklib import benchmark as bm
+from ntkbook import small_data as bm
 
 
 @pytest.fixture(autouse=True)
@@ -80,8 +81,11 @@ def test_every_method_on_iris():
     rows = bm.evaluate(data, bm.METHODS, n_splits=3, n_repeats=1, seed=0)
     assert len(rows) == 3 * len(bm.METHODS)
     assert {r["method"] for r in rows} == set(bm.METHODS) and {r["fold"] for r in rows} == {0, 1, 2}
-    for method, (mean, std) in ((m, v) for (_, m), v in bm.summarize(rows).items()):
-        assert 0.0 <= mean <= 1.0 and std >= 0.0
+    for r in rows:  # 3 stratified folds of 90 points: 60 to train, 30 to test, accuracy = k / 30
+        assert r["n_train"] == 60 and abs(30 * r["score"] - round(30 * r["score"])) < 1e-12
+    for (_, method), (mean, std) in bm.summarize(rows).items():
+        scores = [r["score"] for r in rows if r["method"] == method]
+        assert (mean, std) == pytest.approx((np.mean(scores), np.std(scores)), abs=1e-15)
         assert mean > 0.6, (method, mean)  # chance is 1/3
     chosen = [r["choice"] for r in rows if r["method"] == "ntk"]
     assert all(c["param"] in bm.DEPTHS and c["ridge"] in bm.RIDGES for c in chosen)
@@ -91,8 +95,31 @@ def test_every_method_on_regression():
     data = small("friedman", 60)
     rows = bm.evaluate(data, bm.METHODS, n_splits=2, n_repeats=1, seed=0)
     assert len(rows) == 2 * len(bm.METHODS)
-    assert all(np.isfinite(r["score"]) and r["score"] <= 1.0 for r in rows)
+    assert all(np.isfinite(r["score"]) for r in rows)
     assert bm.summarize(rows)[("friedman", "gaussian")][0] > 0.3  # R^2 of a constant is <= 0
+
+
+def test_every_method_is_perfect_on_a_separable_set():
+    """Two classes 20 standard deviations apart: every method, kernels and networks alike, labels
+    every test point correctly (a method that predicts the wrong class or mixes up the folds
+    would not)."""
+    rng = np.random.default_rng(0)
+    y = np.repeat([0, 1], 30)
+    X = rng.normal(size=(60, 3)) + 20.0 * y[:, None] * np.array([1.0, -1.0, 0.5])
+    data = bm.Dataset(X, y, "classification", "separable")
+    rows = bm.evaluate(data, bm.METHODS, n_splits=3, n_repeats=1, seed=0)
+    assert [r["method"] for r in rows if r["score"] != 1.0] == []
+
+
+def test_score_matches_scikit_learn():
+    from sklearn.metrics import accuracy_score, r2_score
+
+    rng = np.random.default_rng(1)
+    labels, predicted = rng.integers(0, 3, 40), rng.integers(0, 3, 40)
+    assert bm.score(labels, predicted, "classification") == pytest.approx(accuracy_score(labels, predicted), abs=1e-15)
+    y, f = rng.normal(size=40), rng.normal(size=40)
+    assert bm.score(y, f, "regression") == pytest.approx(r2_score(y, f), rel=1e-12)
+    assert bm.score(y, y, "regression") == 1.0 and bm.score(y, np.full(40, y.mean()), "regression") == 0.0
 
 
 def test_standardize_uses_training_statistics():
@@ -151,6 +178,30 @@ def test_summaries():
     assert bm.average_ranks(rows) == {"ntk": 1.5, "rf": 1.5}
     paired = bm.paired_comparison(rows)["rf"]
     assert (paired["wins"], paired["ties"], paired["losses"]) == (1, 1, 2)
-    assert paired["mean_diff"] == pytest.approx((0.2 + 0.0 - 0.1 - 0.2) / 4) and 0 <= paired["p_value"] <= 1
+    assert paired["mean_diff"] == pytest.approx((0.2 + 0.0 - 0.1 - 0.2) / 4)
     text = bm.format_table(["method", "score"], [["ntk", 0.85], ["rf", 0.75]])
     assert text.splitlines() == ["method  score", "------  -----", "ntk     0.850", "rf      0.750"]
+
+
+def exact_wilcoxon_p(differences: list[float]) -> float:
+    """Two-sided p-value of the signed-rank statistic W+ by enumerating all 2^N sign patterns
+    (distinct non-zero |differences|, so the ranks are 1..N): under the null every pattern has
+    probability 2^-N, and p = P(|W+ - N(N+1)/4| >= |W+_observed - N(N+1)/4|)."""
+    N = len(differences)
+    ranks = {v: i + 1 for i, v in enumerate(sorted(abs(d) for d in differences))}
+    observed = sum(ranks[abs(d)] for d in differences if d > 0)
+    centre = N * (N + 1) / 4
+    patterns = [sum(r for r, bit in zip(range(1, N + 1), f"{mask:0{N}b}") if bit == "1") for mask in range(2**N)]
+    return sum(abs(w - centre) >= abs(observed - centre) for w in patterns) / 2**N
+
+
+@pytest.mark.parametrize("differences", [[0.125, -0.25, 0.375, 0.5, -0.625, 0.75], [0.125, 0.25, 0.375, 0.5, 0.625]])
+def test_paired_comparison_p_value_is_the_exact_signed_rank_test(differences):
+    """Differences that are exact in binary (no ties, no zeros): scipy's exact test, which
+    paired_comparison runs for so few folds, must equal the enumeration (36/64 and 2/32 here)."""
+    rows = [dict(dataset="a", method=m, repeat=0, fold=f, score=s)
+            for f, d in enumerate(differences) for m, s in (("ntk", 0.5 + d / 2), ("rf", 0.5 - d / 2))]  # fmt: skip
+    paired = bm.paired_comparison(rows)["rf"]
+    assert paired["p_value"] == pytest.approx(exact_wilcoxon_p(differences), rel=1e-12)
+    assert paired["p_value"] == pytest.approx({6: 36 / 64, 5: 2 / 32}[len(differences)], rel=1e-12)
+    assert paired["wins"] == sum(d > 0 for d in differences) and paired["ties"] == 0

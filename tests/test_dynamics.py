@@ -106,7 +106,7 @@ def test_zero_eigenvalues_use_the_limit_lr_t_over_n():
 
 
 def test_gradient_descent_approaches_the_flow_at_rate_lr(device, rng):
-    """nk.dual_gradient_descent (alpha_{s+1} = alpha_s - (lr/n)(f0 + K alpha_s - y)) against the
+    """nk.kernel_gradient_descent (alpha_{s+1} = alpha_s - (lr/n)(f0 + K alpha_s - y)) against the
     flow at t = s steps: per eigenvalue the gap (1 - h lam)^s - e^{-h lam s}, h = lr/n, is at most
     ~ h lam / (2e), so the error is O(lr) and halves with lr (at the same flow time lr s)."""
     K, K_ZX = features_and_kernels(rng, device, n=8, m=3, rank=20)
@@ -115,7 +115,7 @@ def test_gradient_descent_approaches_the_flow_at_rate_lr(device, rng):
     lam_max = float(torch.linalg.eigvalsh(K)[-1])
     errors = []
     for lr, steps in ((0.2, 300), (0.1, 600)):
-        alphas = nk.dual_gradient_descent(K, y, lr, steps, f0=f0)  # (steps + 1, n)
+        alphas = nk.kernel_gradient_descent(K, y, lr, steps, f0=f0)  # (steps + 1, n)
         flow = nk.gradient_flow(K, y, f0, torch.arange(steps + 1), lr, K_ZX, f0_test)
         gap_train = (f0 + alphas @ K - flow.train).abs().max()  # K symmetric: (K alpha)^T = alpha^T K
         gap_test = (f0_test + alphas @ K_ZX.T - flow.test).abs().max()
@@ -129,7 +129,7 @@ def test_wide_network_training_tracks_the_flow_with_the_initial_ntk(device):
     """nk.train on an MLP of width 4096 against its linearisation at initialisation.
 
     Lazy training: the NTK moves by O(1/sqrt(width)) (here < 1% relative), so the network's
-    outputs follow GD on the linearised model, nk.dual_gradient_descent with the initial
+    outputs follow GD on the linearised model, nk.kernel_gradient_descent with the initial
     empirical NTK, to 0.5% of max |y - f0|. That in turn differs from the flow by the step size,
     ~ (lr/n) lam_max / (2e) ~ 2% of the residual here: against gradient_flow the tolerance is 5%."""
     gen = torch.Generator().manual_seed(1)
@@ -146,7 +146,7 @@ def test_wide_network_training_tracks_the_flow_with_the_initial_ntk(device):
     torch.testing.assert_close(run.ntk[0], K0, rtol=1e-12, atol=1e-12)
     assert float((run.ntk[1] - K0).norm() / K0.norm()) < 0.01
     scale = float((y - f0).abs().max())
-    alphas = nk.dual_gradient_descent(K0, y, lr, steps, f0=f0)[run.steps.to(device)]  # (13, n)
+    alphas = nk.kernel_gradient_descent(K0, y, lr, steps, f0=f0)[run.steps.to(device)]  # (13, n)
     assert float((run.train - (f0 + alphas @ K0)).abs().max()) < 0.005 * scale
     assert float((run.test - (f0_test + alphas @ K0_ZX.T)).abs().max()) < 0.005 * scale
     flow = nk.gradient_flow(K0, y, f0, run.steps, lr, K0_ZX, f0_test)
@@ -353,7 +353,10 @@ def test_gradient_flow_errors():
     with pytest.raises(ValueError, match=r"K_train is not positive semi-definite: smallest eigenvalue -1 "):
         flow(not_psd, y[:2], None, 1.0, 0.1)
     singular = torch.ones(3, 3, dtype=F64)
-    flow(singular, y, None, [0.0, 5.0], 0.1, K_ZX)  # fine at finite times
+    finite = flow(singular, y, None, [0.0, 5.0], 0.1, K_ZX)  # fine at finite times: the ODE's solution
+    train, test = ode_solution(singular, K_ZX, y, torch.zeros(3, dtype=F64), torch.zeros(2, dtype=F64), 5.0, 0.1)
+    torch.testing.assert_close(finite.train[1], train, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(finite.test[1], test, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"K_train is numerically singular \(condition number .*\): the t = inf limit"):
         flow(singular, y, None, [0.0, math.inf], 0.1, K_ZX)
     with pytest.raises(TypeError, match="K_train has dtype torch.float64 but y has torch.float32"):
@@ -368,7 +371,9 @@ def test_inference_errors():
     K, y, K_ZX = torch.eye(3, dtype=F64), torch.ones(3, dtype=F64), torch.ones(2, 3, dtype=F64)
     with pytest.raises(ValueError, match=r"K_train: K \+ ridge\*I is (not positive definite|numerically singular).*\(ridge is gp_inference's diag_reg\)"):
         nk.gp_inference(torch.ones(3, 3, dtype=F64), y, K_ZX)
-    nk.gp_inference(torch.ones(3, 3, dtype=F64), y, K_ZX, diag_reg=0.1)  # a ridge fixes it
+    fixed = nk.gp_inference(torch.ones(3, 3, dtype=F64), y, K_ZX, diag_reg=0.1)  # a ridge fixes it
+    expected = K_ZX @ torch.linalg.solve(torch.ones(3, 3, dtype=F64) + 0.1 * torch.eye(3, dtype=F64), y)
+    torch.testing.assert_close(fixed.mean, expected, rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match="diag_reg must be >= 0"):
         nk.gp_inference(K, y, K_ZX, diag_reg=-1.0)
     with pytest.raises(ValueError, match=r"K_test_test must have shape \(2, 2\); got \(3, 3\)"):

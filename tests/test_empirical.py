@@ -7,8 +7,8 @@ import pytest
 import torch
 from torch import nn
 
-from ntklib.empirical import Kernels, empirical_ntk, linearize, monte_carlo_kernels
-from ntklib.networks import MLP
+import ntklib as nk
+from ntklib import MLP, Kernels, empirical_ntk, infinite_width_kernels, linearize, monte_carlo_kernels
 from conftest import randn
 
 # torch's forward-mode AD (behind jvp) scripts its decompositions on first use, which warns.
@@ -81,11 +81,31 @@ def test_jacobian_and_ntk_vp_agree_on_a_generic_module(outputs, device):
     model = model.to(device=device, dtype=F64)
     gen = torch.Generator().manual_seed(1)
     X, Z = randn(7, 3, generator=gen, device=device), randn(5, 3, generator=gen, device=device)
-    auto = empirical_ntk(model, X, Z)  # "auto" is "jacobian" for a non-MLP
-    vp = empirical_ntk(model, X, Z, method="ntk_vp", block_size=3)
-    assert auto.shape == ((7, 5) if outputs != "(n, 2)" else (7, 5, 2, 2)) and auto.device.type == device.type
-    close(vp, auto, 1e-10)
-    close(auto, empirical_ntk(model, X, Z, method="jacobian"), 0)
+    # The oracle: per-sample gradients by plain autograd (no torch.func), contracted by hand.
+    expected = autograd_ntk(model, X, Z)
+    for method, options in (("auto", {}), ("jacobian", {}), ("ntk_vp", {"block_size": 3})):
+        theta = empirical_ntk(model, X, Z, method=method, **options)
+        assert theta.shape == ((7, 5) if outputs != "(n, 2)" else (7, 5, 2, 2)), method
+        assert theta.device.type == device.type
+        close(theta, expected, 1e-10)
+
+
+def autograd_ntk(model, X, Z):
+    """Theta[i, j, a, b] = <d f_a(x_i) / d theta, d f_b(z_j) / d theta> from one backward pass per
+    point and output; (n, m) for a single output."""
+    params = [p for p in model.parameters() if p.requires_grad]
+
+    def jacobian(points):  # (n, k, P)
+        rows = []
+        for x in points:
+            out = model(x[None]).reshape(-1)
+            rows.append(torch.stack([torch.cat([g.reshape(-1) for g in torch.autograd.grad(o, params, retain_graph=True)])
+                                     for o in out]))  # fmt: skip
+        return torch.stack(rows)
+
+    JX, JZ = jacobian(X), jacobian(Z)
+    theta = torch.einsum("iap,jbp->ijab", JX, JZ)
+    return theta[:, :, 0, 0] if theta.shape[-1] == 1 else theta
 
 
 def hand_ntk_one_hidden_layer(net, X, Z):
@@ -238,11 +258,13 @@ def test_linearize_errors(net_and_data):
     net, X, _ = net_and_data
     f_lin = linearize(net)
     partial = dict(f_lin.params0)
-    del partial["readout.bias"]
-    with pytest.raises(ValueError, match=r"missing \['readout.bias'\], unexpected \[\]"):
+    readout_bias = [name for name, _ in net.named_parameters()][-1]  # the readout's bias
+    assert readout_bias == f"body.{2 * net.depth}.bias"
+    del partial[readout_bias]
+    with pytest.raises(ValueError, match=rf"missing \['{readout_bias}'\], unexpected \[\]"):
         f_lin(partial, X)
-    with pytest.raises(ValueError, match=r"params\['readout.bias'\] must have shape \(2,\); got \(3,\)"):
-        f_lin({**f_lin.params0, "readout.bias": torch.zeros(3, dtype=F64)}, X)
+    with pytest.raises(ValueError, match=rf"params\['{readout_bias}'\] must have shape \(2,\); got \(3,\)"):
+        f_lin({**f_lin.params0, readout_bias: torch.zeros(3, dtype=F64)}, X)
     with pytest.raises(TypeError, match="params must be a dict"):
         f_lin(list(f_lin.params0.values()), X)
     bad = X.clone()
@@ -262,11 +284,12 @@ def test_monte_carlo_estimator_is_the_documented_average(rng):
     X = randn(5, 3, generator=rng, device="cpu")
     k = monte_carlo_kernels(X, depth=2, width=20, activation="erf", W_std=1.5, b_std=0.4, num_samples=1,
                             generator=torch.Generator().manual_seed(9))
-    assert isinstance(k, Kernels)
+    assert isinstance(k, nk.MonteCarloKernels) and k.nngp_stderr is None and k.ntk_stderr is None
     net = MLP(3, 20, 2, 1, "erf", 1.5, 0.4, generator=torch.Generator().manual_seed(9), dtype=F64)
     a = torch.special.erf(net.hidden[1](torch.special.erf(net.hidden[0](X)))).detach()
     torch.testing.assert_close(k.nngp, 1.5**2 / 20 * a @ a.T + 0.4**2, rtol=1e-13, atol=1e-13)
-    torch.testing.assert_close(k.ntk, empirical_ntk(net, X), rtol=1e-13, atol=1e-13)
+    # Its NTK by another code path than the structured one monte_carlo_kernels uses.
+    close(k.ntk, empirical_ntk(net, X, method="jacobian"), 1e-12)
 
 
 def test_monte_carlo_relu_converges_to_the_arc_cosine_kernel(device):
@@ -296,12 +319,11 @@ def test_monte_carlo_agrees_with_the_analytic_module(parameterization):
     "standard" the analytic NTK grows with the width, which it is given). 32 networks of width
     512; tolerance 0.06 of the kernel's scale, where over 40 seeds the worst entry was off by
     0.028 and the mean worst by 0.014 (statistical error plus an O(1/width) finite-width bias)."""
-    infinite = pytest.importorskip("ntklib.infinite")
     gen = torch.Generator().manual_seed(12)
     X = torch.randn(4, 3, generator=gen, dtype=F64)
     args = dict(depth=2, activation="erf", W_std=1.2, b_std=0.3, parameterization=parameterization)
     k = monte_carlo_kernels(X, width=512, num_samples=32, generator=gen, **args)
-    exact = infinite.infinite_width_kernels(X, width=512, **args)
+    exact = infinite_width_kernels(X, width=512, **args)
     close(k.nngp, exact.nngp, 0.06)
     close(k.ntk, exact.ntk, 0.06)
 
@@ -313,8 +335,10 @@ def test_empirical_ntk_errors():
     net = MLP(3, 4, depth=1, dtype=F64)
     X = torch.ones(4, 3, dtype=F64)
     generic = nn.Sequential(nn.Linear(3, 2), nn.Tanh(), nn.Linear(2, 1)).double()
-    with pytest.raises(ValueError, match="method='structured' needs an ntklib MLP.*got Sequential"):
-        empirical_ntk(generic, X, method="structured")
+    normalised = nn.Sequential(nn.Linear(3, 2), nn.LayerNorm(2), nn.Linear(2, 1)).double()
+    with pytest.raises(ValueError, match=r"method='structured' cannot handle this model: module '1' \(LayerNorm\) has "
+                                         "trainable parameters of a kind it does not know; use method='jacobian'"):
+        empirical_ntk(normalised, X, method="structured")
     with pytest.raises(ValueError, match="unknown method 'exact'; expected one of: auto, structured, jacobian, ntk_vp"):
         empirical_ntk(net, X, method="exact")
     with pytest.raises(ValueError, match=r"model \(ReLU\) has no trainable parameters"):
@@ -323,14 +347,14 @@ def test_empirical_ntk_errors():
         empirical_ntk(net, X, torch.ones(2, 2, dtype=F64))
     with pytest.raises(ValueError, match="X has 2 features but this MLP expects in_features=3"):
         empirical_ntk(net, torch.ones(4, 2, dtype=F64))
-    with pytest.raises(ValueError, match=r"model failed on X of shape \(4, 5\)"):
+    with pytest.raises(ValueError, match=r"model failed on inputs of shape \(4, 5\)"):
         empirical_ntk(generic, torch.ones(4, 5, dtype=F64))
     bad = X.clone()
     bad[2, 1] = float("nan")
     for method in METHODS:
         with pytest.raises(ValueError, match="Z contains 1 NaN or infinite value"):
             empirical_ntk(net, X, bad, method=method)
-    with pytest.raises(TypeError, match="X has dtype torch.float32 but model parameter 'hidden.0.weight' has torch.float64"):
+    with pytest.raises(TypeError, match="X has dtype torch.float32 but model parameter 'body.0.weight' has torch.float64"):
         empirical_ntk(net, X.float())
     with pytest.raises(ValueError, match=r"outputs of shape \(n,\) or \(n, k\); for n=1 it gave \(1, 2, 1\)"):
         empirical_ntk(nn.Sequential(nn.Linear(3, 2), nn.Unflatten(1, (2, 1))).double(), X)
@@ -342,8 +366,12 @@ def test_empirical_ntk_errors():
 
 def test_monte_carlo_errors():
     X = torch.ones(3, 2, dtype=F64)
-    with pytest.raises(ValueError, match="num_samples must be >= 1"):
+    with pytest.raises(ValueError, match="n_samples must be >= 1"):
         monte_carlo_kernels(X, num_samples=0)
+    with pytest.raises(TypeError, match=r"net must be an ntklib layer description \(e.g. nk.serial\(...\)\); got str"):
+        monte_carlo_kernels("relu", X)
+    with pytest.raises(TypeError, match=r"unexpected keyword arguments \['depth'\]"):
+        monte_carlo_kernels(nk.serial(nk.Dense(3), nk.Relu(), nk.Dense(1)), X, depth=2)
     with pytest.raises(ValueError, match="unknown activation 'tanh'"):
         monte_carlo_kernels(X, activation="tanh")
     with pytest.raises(ValueError, match="width must be >= 1"):

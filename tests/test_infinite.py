@@ -7,8 +7,13 @@ from pathlib import Path
 import pytest
 import torch
 
-from ntklib.infinite import activation_dual, infinite_width_kernels, infinite_width_kernels_by_depth
+from ntklib import infinite_width_kernels, infinite_width_kernels_by_depth
 from conftest import randn
+
+F64 = torch.float64
+# Kernels computed in a different order (row blocks, one recursion for all depths) agree to a few
+# ulps of their O(1) entries in float64, not bit for bit.
+ULPS = dict(rtol=1e-14, atol=1e-15)
 
 ACTIVATION_FUNCTIONS = {
     "relu": torch.relu,
@@ -30,9 +35,13 @@ DERIVATIVES = {
 def test_dual_maps_match_gaussian_monte_carlo(activation):
     """E[phi(u) phi(v)] and E[phi'(u) phi'(v)] over (u, v) ~ N(0, C), by 400,000 samples with
     antithetic pairs. Both integrands have variance below ~10 here, so 6 standard errors are
-    below 6 * sqrt(10 / 4e5) ~ 0.03."""
+    below 6 * sqrt(10 / 4e5) ~ 0.03.
+
+    The dual maps are read through the public API: two inputs x, z in d = 2 with x.z/d = C_xz
+    (and likewise on the diagonal) give Sigma^(1) = C for one hidden layer with W_std = 1,
+    b_std = 0; then Sigma^(2)(x, z) = E[phi(u) phi(v)] and Theta^(2)(x, z) - Sigma^(2)(x, z) =
+    E[phi'(u) phi'(v)] C_xz (so the derivative's dual is not seen when C_xz = 0)."""
     gen = torch.Generator().manual_seed(0)
-    dual = activation_dual(activation, negative_slope=0.2)
     for s_xx, s_zz, s_xz in [(1.0, 1.0, 0.3), (2.0, 0.5, -0.8), (1.5, 1.5, 1.49), (0.7, 1.2, 0.0)]:
         L = torch.linalg.cholesky(torch.tensor([[s_xx, s_xz], [s_xz, s_zz]], dtype=torch.float64))
         g = torch.randn(200_000, 2, generator=gen, dtype=torch.float64)
@@ -40,10 +49,12 @@ def test_dual_maps_match_gaussian_monte_carlo(activation):
         u, v = uv[:, 0], uv[:, 1]
         phi, dphi = ACTIVATION_FUNCTIONS[activation], DERIVATIVES[activation]
         expected = (phi(u) * phi(v)).mean(), (dphi(u) * dphi(v)).mean()
-        col, row = torch.tensor([[s_xx]], dtype=torch.float64), torch.tensor([[s_zz]], dtype=torch.float64)
-        nngp, derivative = dual(col, row, torch.tensor([[s_xz]], dtype=torch.float64))
-        assert float(nngp) == pytest.approx(float(expected[0]), abs=0.03)
-        assert float(derivative) == pytest.approx(float(expected[1]), abs=0.03)
+        inputs = math.sqrt(2.0) * L  # rows x, z with x.z / 2 = C
+        k = infinite_width_kernels(inputs, depth=1, activation=activation, negative_slope=0.2)
+        assert float(k.nngp[0, 1]) == pytest.approx(float(expected[0]), abs=0.03)
+        if s_xz != 0.0:
+            derivative = float(k.ntk[0, 1] - k.nngp[0, 1]) / s_xz
+            assert derivative == pytest.approx(float(expected[1]), abs=0.03)
 
 
 def test_one_hidden_layer_relu_matches_the_arc_cosine_formula(device, rng):
@@ -111,9 +122,10 @@ def test_row_blocks_do_not_change_the_result(activation, rng):
     Z = randn(4, 3, generator=rng, device="cpu")
     whole = infinite_width_kernels(X, Z, depth=3, activation=activation, b_std=0.2)
     blocks = infinite_width_kernels(X, Z, depth=3, activation=activation, b_std=0.2, block_size=2)
-    torch.testing.assert_close(whole.nngp, blocks.nngp, rtol=0, atol=0)
-    torch.testing.assert_close(whole.ntk, blocks.ntk, rtol=0, atol=0)
-
+    # Same formulas, but BLAS may round X_B @ Z^T differently for different block shapes (~1e-16
+    # here): a few ulps of the O(1) entries, far below any real difference.
+    torch.testing.assert_close(whole.nngp, blocks.nngp, **ULPS)
+    torch.testing.assert_close(whole.ntk, blocks.ntk, **ULPS)
 
 
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
@@ -127,25 +139,48 @@ def test_by_depth_equals_one_call_per_depth(parameterization, pair, rng):
     assert len(by_depth) == 4
     for depth, kernels in enumerate(by_depth, start=1):
         alone = infinite_width_kernels(X, Z, depth=depth, **options)
-        torch.testing.assert_close(kernels.nngp, alone.nngp, rtol=0, atol=0)
-        torch.testing.assert_close(kernels.ntk, alone.ntk, rtol=0, atol=0)
+        torch.testing.assert_close(kernels.nngp, alone.nngp, **ULPS)
+        torch.testing.assert_close(kernels.ntk, alone.ntk, **ULPS)
     with pytest.raises(ValueError, match="max_depth must be >= 1"):
         infinite_width_kernels_by_depth(X, max_depth=0)
     with pytest.raises(ValueError, match="block_size must be >= 1"):
         infinite_width_kernels_by_depth(X, block_size=0)
 
-def test_symmetric_psd_and_consistent_diagonal(rng):
+
+def relu_diagonal_closed_form(sq_norm: float, d: int, depth: int, W_std: float, b_std: float) -> tuple[float, float]:
+    """Sigma^(L+1)(x, x) and Theta^(L+1)(x, x) of a ReLU network with L = depth hidden layers.
+
+    At x = z the ReLU dual maps are E[relu(u)^2] = q/2 and E[relu'(u)^2] = 1/2, so with
+    a = W_std^2 / 2, q_1 = W_std^2 |x|^2 / d + b_std^2 and q_{l+1} = a q_l + b_std^2:
+        q_l = a^(l-1) q_1 + b_std^2 (1 - a^(l-1)) / (1 - a)        (q_1 + (l - 1) b_std^2 if a = 1),
+        Theta^(L+1) = sum_{j=1}^{L+1} a^(L+1-j) q_j
+                    = (L+1) a^L q_1 + b_std^2 / (1 - a) [(1 - a^(L+1)) / (1 - a) - (L+1) a^L]
+                    (= (L+1) q_1 + b_std^2 L (L+1) / 2 if a = 1).
+    """
+    a, b2, L = W_std**2 / 2, b_std**2, depth
+    q1 = W_std**2 * sq_norm / d + b2
+    if math.isclose(a, 1.0, rel_tol=1e-12):  # W_std = sqrt(2): the geometric sums are plain sums
+        return q1 + L * b2, (L + 1) * q1 + b2 * L * (L + 1) / 2
+    nngp = a**L * q1 + b2 * (1 - a**L) / (1 - a)
+    ntk = (L + 1) * a**L * q1 + b2 / (1 - a) * ((1 - a ** (L + 1)) / (1 - a) - (L + 1) * a**L)
+    return nngp, ntk
+
+
+@pytest.mark.parametrize("W_std, b_std", [(1.0, 0.1), (math.sqrt(2.0), 0.5), (1.7, 0.3)])
+def test_symmetric_psd_and_the_closed_form_diagonal(W_std, b_std, rng):
     X = randn(12, 5, generator=rng, device="cpu")
-    k = infinite_width_kernels(X, depth=3, b_std=0.1)
+    k = infinite_width_kernels(X, depth=3, activation="relu", W_std=W_std, b_std=b_std)
     for K in k:
         torch.testing.assert_close(K, K.T, rtol=0, atol=1e-14)
         assert torch.linalg.eigvalsh(K).min() > -1e-12
-    # The self kernel's diagonal is exact: cosine 1, so the NTK's diagonal follows the scalar
-    # recursion Theta_l = (Theta_{l-1} + Sigma_{l-1}) * 1/2 ... computed here by the identity |x|^2.
-    torch.testing.assert_close(k.nngp.diagonal(), infinite_width_kernels(X, X.clone(), depth=3, b_std=0.1).nngp.diagonal(), rtol=1e-7, atol=0)
+    # The self kernel's diagonal against the closed form of the ReLU recursion at x = z.
+    expected = [relu_diagonal_closed_form(float(x @ x), 5, 3, W_std, b_std) for x in X]
+    torch.testing.assert_close(k.nngp.diagonal(), torch.tensor([e[0] for e in expected], dtype=F64), rtol=1e-13, atol=0)
+    torch.testing.assert_close(k.ntk.diagonal(), torch.tensor([e[1] for e in expected], dtype=F64), rtol=1e-13, atol=0)
     # The cross kernel's rows agree with the self kernel's. Near-duplicate pairs lose digits:
     # arccos(1 - e) ~ sqrt(2 e), so a last-bit difference in x.x moves the NTK by ~1e-8.
-    torch.testing.assert_close(infinite_width_kernels(X[:3], X, depth=3, b_std=0.1).ntk, k.ntk[:3], rtol=1e-7, atol=1e-12)
+    cross = infinite_width_kernels(X[:3], X, depth=3, activation="relu", W_std=W_std, b_std=b_std)
+    torch.testing.assert_close(cross.ntk, k.ntk[:3], rtol=1e-7, atol=1e-12)
 
 
 @pytest.mark.parametrize("activation", ["relu", "erf", "abs", "leaky_relu", "identity"])
@@ -162,7 +197,7 @@ def test_float32_has_no_nan_for_duplicates_and_zero_vectors(activation):
 
 def test_errors():
     X = torch.ones(3, 2, dtype=torch.float64)
-    with pytest.raises(ValueError, match="unknown activation 'tanh'; expected one of: abs, erf, identity, leaky_relu, relu"):
+    with pytest.raises(ValueError, match="unknown activation 'tanh'; expected one of: abs, erf, gelu, identity, leaky_relu, relu"):
         infinite_width_kernels(X, activation="tanh")
     with pytest.raises(ValueError, match="unknown parameterization 'mup'"):
         infinite_width_kernels(X, parameterization="mup")
@@ -174,8 +209,8 @@ def test_errors():
         infinite_width_kernels(X, parameterization="standard", width=0)
     with pytest.raises(ValueError, match="feature dimensions differ"):
         infinite_width_kernels(X, torch.ones(2, 3, dtype=torch.float64))
-    with pytest.raises(ValueError, match="W_std must be > 0"):
-        infinite_width_kernels(X, W_std=0.0)
+    with pytest.raises(ValueError, match="W_std must be >= 0"):
+        infinite_width_kernels(X, W_std=-0.5)
 
 
 REFERENCE = json.loads((Path(__file__).parent / "data" / "neural_tangents_reference.json").read_text())

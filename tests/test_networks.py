@@ -17,7 +17,7 @@ def test_layers_shapes_and_parameter_names(device):
     assert [layer.weight.shape for layer in net.layers] == [(7, 3), (7, 7), (4, 7)]
     assert [layer.bias.shape for layer in net.layers] == [(7,), (7,), (4,)]
     assert [name for name, _ in net.named_parameters()] == [
-        "hidden.0.weight", "hidden.0.bias", "hidden.1.weight", "hidden.1.bias", "readout.weight", "readout.bias",
+        "body.0.weight", "body.0.bias", "body.2.weight", "body.2.bias", "body.4.weight", "body.4.bias",
     ]
     out = net(torch.ones(5, 3, dtype=F64, device=device))
     assert out.shape == (5, 4) and out.dtype == F64 and out.device.type == device.type
@@ -27,7 +27,7 @@ def test_layers_shapes_and_parameter_names(device):
 def test_no_bias_means_no_bias_parameter():
     net = MLP(2, 4, depth=2, b_std=None)
     assert all(layer.bias is None and layer.bias_scale == 0.0 for layer in net.layers)
-    assert [name for name, _ in net.named_parameters()] == ["hidden.0.weight", "hidden.1.weight", "readout.weight"]
+    assert [name for name, _ in net.named_parameters()] == ["body.0.weight", "body.2.weight", "body.4.weight"]
 
 
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
@@ -109,19 +109,36 @@ def test_pickle_round_trip():
     copy = pickle.loads(pickle.dumps(net))
     x = torch.randn(3, 2)
     torch.testing.assert_close(copy(x), net(x), rtol=0, atol=0)
-    assert "negative_slope=0.3" in repr(copy)
+    assert "LeakyRelu(slope=0.3)" in repr(copy)
 
 
-def test_dense_on_its_own():
-    layer = Dense(4, 2, W_std=2.0, b_std=None, dtype=F64)
-    x = torch.ones(3, 4, dtype=F64)
-    torch.testing.assert_close(layer(x), 2.0 / 2.0 * x @ layer.weight.T)
+@pytest.mark.parametrize("W_std, b_std", [(3.0, 0.5), (1.0, None), (2.0, 1.0), (2.0, 0.0)])
+@pytest.mark.parametrize("parameterization", ["ntk", "standard"])
+def test_dense_layers_scale_weights_and_biases(W_std, b_std, parameterization, rng):
+    """Each Dense layer of an MLP computes W_std / sqrt(fan_in) x.W^T + b_std b ("ntk") or
+    x.W^T + b ("standard") from its stored parameters. With fan_in = 4 (first layer) and 2
+    (readout), W_std = 3 scales by 1.5 and 2.12, W_std = 1 by 0.5 and 0.71; W_std = 2 gives
+    scale 1 on the first layer and b_std = 1 a unit bias scale (the forward pass skips those
+    multiplications, so they are checked too); b_std = 0 keeps a bias parameter that has no
+    effect on the output, b_std = None has none."""
+    net = MLP(4, 2, depth=1, W_std=W_std, b_std=b_std, parameterization=parameterization,
+              generator=rng, dtype=F64)  # fmt: skip
+    for layer, fan_in in zip(net.layers, (4, 2)):
+        x = randn(3, fan_in, generator=rng, device="cpu")
+        weight = layer.weight.detach()
+        scale = W_std / math.sqrt(fan_in) if parameterization == "ntk" else 1.0
+        expected = scale * x @ weight.T
+        if b_std is None:
+            assert layer.bias is None
+        else:
+            expected = expected + (b_std if parameterization == "ntk" else 1.0) * layer.bias.detach()
+        torch.testing.assert_close(layer(x), expected, rtol=1e-15, atol=1e-15)
 
 
 @pytest.mark.parametrize(
     "kwargs, error, message",
     [
-        ({"activation": "tanh"}, ValueError, "unknown activation 'tanh'; expected one of: abs, erf, identity, leaky_relu, relu"),
+        ({"activation": "tanh"}, ValueError, "unknown activation 'tanh'; expected one of: abs, erf, gelu, identity, leaky_relu, relu"),
         ({"activation": None}, TypeError, "activation must be a string"),
         ({"parameterization": "mup"}, ValueError, "unknown parameterization 'mup'; expected one of: ntk, standard"),
         ({"depth": 0}, ValueError, "depth must be >= 1"),
@@ -129,8 +146,8 @@ def test_dense_on_its_own():
         ({"width": 2.5}, TypeError, "width must be an integer"),
         ({"in_features": 0}, ValueError, "in_features must be >= 1"),
         ({"out_features": 0}, ValueError, "out_features must be >= 1"),
-        ({"W_std": 0.0}, ValueError, "W_std must be > 0"),
-        ({"W_std": -1.0}, ValueError, "W_std must be > 0"),
+        ({"W_std": -1.0}, ValueError, "W_std must be >= 0"),
+        ({"W_std": float("nan")}, ValueError, "W_std must be finite"),
         ({"b_std": -0.1}, ValueError, "b_std must be >= 0"),
         ({"b_std": float("nan")}, ValueError, "b_std must be finite"),
         ({"dtype": torch.int64}, TypeError, "dtype must be a floating-point"),
@@ -146,7 +163,7 @@ def test_forward_errors():
     net = MLP(3, 4, depth=1, dtype=F64)
     with pytest.raises(ValueError, match=r"x has 2 features but this MLP expects in_features=3"):
         net(torch.ones(5, 2, dtype=F64))
-    with pytest.raises(ValueError, match=r"x must be 2-D of shape \(n, 3\); got shape \(3,\).*x\[None, :\]"):
+    with pytest.raises(ValueError, match=r"x must have shape \(n, 3\) for this network; got \(3,\) \(for a single input use x\[None\]\)"):
         net(torch.ones(3, dtype=F64))
     with pytest.raises(TypeError, match="x has dtype torch.float32 but the MLP's parameters are torch.float64"):
         net(torch.ones(5, 3, dtype=torch.float32))

@@ -40,6 +40,14 @@ def test_first_code_cell_installs_ntklib_from_the_configured_repository(notebook
 
 
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
+def test_code_lines_fit_the_page(notebook):
+    """The site cuts code lines longer than about 88 characters (ruff format --line-length 88)."""
+    long = [line for cell in cells(notebook) if cell["cell_type"] == "code"
+            for line in source(cell).split("\n") if len(line) > 88]  # fmt: skip
+    assert not long, f"{notebook.name}: {len(long)} code lines longer than 88 characters, e.g. {long[0]!r}"
+
+
+@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
 def test_exercises_have_executing_solutions(notebook):
     """At least two exercises, each followed by a dropdown solution with a code cell that asserts."""
     all_cells = cells(notebook)

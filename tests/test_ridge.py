@@ -49,8 +49,16 @@ def test_ridge_zero_on_a_singular_kernel_raises(rng):
     X2 = torch.cat([X, X[:1]])
     with pytest.raises(ValueError, match="singular|not positive definite"):
         nk.solve_kernel_system(nk.gaussian_kernel(X2), torch.ones(11, dtype=torch.float64), ridge=0.0)
-    # A ridge repairs both.
-    nk.KernelRidge(nk.linear_kernel, ridge=1e-3).fit(X, y)
+    # A ridge repairs both: the fits then solve (K + ridge I) alpha = y, checked against numpy.
+    ridge = 1e-3
+    model = nk.KernelRidge(nk.linear_kernel, ridge=ridge).fit(X, y)
+    K = (X @ X.T).numpy()
+    np.testing.assert_allclose(model.dual_coef_.numpy(), np.linalg.solve(K + ridge * np.eye(10), y.numpy()), rtol=1e-8)
+    K2 = nk.gaussian_kernel(X2)
+    alpha2 = nk.solve_kernel_system(K2, torch.ones(11, dtype=torch.float64), ridge=ridge)
+    np.testing.assert_allclose(alpha2.numpy(), np.linalg.solve(K2.numpy() + ridge * np.eye(11), np.ones(11)), rtol=1e-8)
+    # The duplicated points get equal coefficients (their rows of K2 are equal).
+    assert float(alpha2[0]) == pytest.approx(float(alpha2[10]), rel=1e-10)
 
 
 def test_non_psd_matrix_raises():

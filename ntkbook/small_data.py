@@ -16,7 +16,9 @@ Protocol (the same for every method):
     positively homogeneous, f(cx) = c f(x), and cannot separate concentric classes), depth 1..5
     by inner CV.
 
-scikit-learn is imported inside the functions that need it, so ``import ntklib`` does not need it.
+This module is the book's, not the library's: it lives in ``ntkbook`` (installed next to
+``ntklib`` by the same ``pip install``), so ``import ntklib`` needs neither scikit-learn nor SciPy.
+It calls ntklib only through its public API.
 """
 
 from __future__ import annotations
@@ -29,10 +31,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from .infinite import infinite_width_kernels_by_depth
-from .kernels import gaussian_kernel, polynomial_kernel
-from .networks import MLP
-from .ridge import solve_kernel_system
+from ntklib import MLP, gaussian_kernel, infinite_width_kernels_by_depth, polynomial_kernel, solve_kernel_system
 
 RIDGES = (1e-4, 1e-3, 1e-2, 1e-1, 1.0, 10.0)  # relative ridges r: lambda = r * mean(diag K)
 DEPTHS = (1, 2, 3, 4, 5)  # NTK / NNGP hidden layers

@@ -1,0 +1,109 @@
+"""Evaluate a network's kernels block by block, so memory stays bounded whatever n is.
+
+The kernel rules act on a state whose tensors hold one block of input pairs: rows X[I] and
+columns Z[J]. Every entry of the result depends only on its own pair of inputs, so blocks can
+be computed in any order and independently. When Z is None the kernel is symmetric: only the
+blocks on and above the diagonal are computed and the others are their transposes, which halves
+the work and makes K exactly symmetric. A diagonal block has the same inputs on both sides; its
+per-input variances are read off the diagonal of its own covariance, so each point's
+correlation with itself is exactly 1 (the arc-cosine kernels are infinitely sensitive there).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from .._checks import check_finite, check_floating, check_same_placement, positive_int
+from .base import Layer, LayerError
+from .state import Kernels, KernelState, input_state
+
+# Kernel entries per block (with pixel pairs counted): large enough that the Python overhead
+# per block is small, small enough that the elementwise passes of a block run in cache.
+BLOCK_ENTRIES = 1 << 18
+
+
+def check_inputs(X: object, Z: object | None, names: tuple[str, str] = ("X", "Z")) -> tuple[Tensor, Tensor | None]:
+    """X (n, *in_shape) and Z (m, *in_shape): finite floating tensors on one device and dtype."""
+    for name, value in zip(names, (X, Z)):
+        if value is None and name == names[1]:
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (n, d) or (n, C, *S); got {type(value).__name__}")
+        if value.ndim < 2:
+            hint = f" (for 1-D inputs use {name}[:, None])" if value.ndim == 1 else ""
+            raise ValueError(f"{name} must be (n, d) vectors or (n, C, *S) images; got shape {tuple(value.shape)}{hint}")
+        if value.ndim > 4:
+            raise ValueError(f"{name} has shape {tuple(value.shape)}: ntklib handles vectors (n, d), 1-D signals "
+                             "(n, C, L) and images (n, C, H, W)")  # fmt: skip
+        if value.numel() == 0:
+            raise ValueError(f"{name} is empty: shape {tuple(value.shape)}")
+        check_floating(name, value)
+        check_finite(name, value)
+    if Z is not None:
+        check_same_placement(names, X, Z)
+        if X.ndim == 2 and Z.ndim == 2 and X.shape[1] != Z.shape[1]:
+            raise ValueError(f"feature dimensions differ: X has d={X.shape[1]} columns but Z has d={Z.shape[1]}")
+        if Z.shape[1:] != X.shape[1:]:
+            raise ValueError(f"X and Z must have the same per-input shape; got X {tuple(X.shape)} and Z {tuple(Z.shape)}")
+    return X, Z
+
+
+def compute_kernels(net: Layer, X: Tensor, Z: Tensor | None, block_size: int | None):
+    X, Z = check_inputs(X, Z)
+    symmetric = Z is None or Z is X
+    Z = X if symmetric else Z
+    in_shape = tuple(X.shape[1:])
+    out_shape = net.output_shape(in_shape)
+    outputs = _leaves(out_shape)
+    for shape in outputs:
+        if len(shape) != 1:
+            raise LayerError(
+                f"the network's output has shape {shape} per input (channels, pixels): kernels between "
+                "inputs need vector outputs; end it with Flatten() or GlobalAvgPool() (and a Dense readout)"
+            )
+    spatial = in_shape[1:]
+    full = bool(spatial) and net.needs_pixel_pairs()
+    pair_size = math.prod(spatial) ** (2 if full else 1) if spatial else 1
+    n, m = X.shape[0], Z.shape[0]
+    if block_size is None:
+        block_size = max(1, math.isqrt(BLOCK_ENTRIES // pair_size))
+    else:
+        block_size = positive_int("block_size", block_size)
+
+    results = [Kernels(X.new_empty(n, m), X.new_empty(n, m)) for _ in outputs]
+    for row in range(0, n, block_size):
+        rows = slice(row, min(row + block_size, n))
+        for col in range(row if symmetric else 0, m, block_size):
+            cols = slice(col, min(col + block_size, m))
+            same = symmetric and row == col
+            state = input_state(X[rows], Z[cols], same, full)
+            for result, block in zip(results, _leaves(net.kernel(state))):
+                _store(result, block, rows, cols, symmetric, same)
+    return _nest(iter(results), out_shape)
+
+
+def _leaves(value) -> list:
+    """The outputs of a network, in order, from nested lists of branches."""
+    if isinstance(value, list):
+        return [leaf for item in value for leaf in _leaves(item)]
+    return [value]
+
+
+def _nest(leaves, like):
+    """Rebuild the nesting of ``like`` from an iterator over its leaves."""
+    if isinstance(like, list):
+        return [_nest(leaves, item) for item in like]
+    return next(leaves)
+
+
+def _store(result: Kernels, block: KernelState, rows: slice, cols: slice, symmetric: bool, same: bool) -> None:
+    for out, values in ((result.nngp, block.nngp), (result.ntk, block.ntk)):
+        if same:
+            # Sums over pixel pairs and matrix products need not round (i, j) and (j, i) alike.
+            values = values.triu() + values.triu(1).T
+        out[rows, cols] = values
+        if symmetric and not same:
+            out[cols, rows] = values.T
