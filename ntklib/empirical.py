@@ -15,7 +15,6 @@ requires.
 
 from __future__ import annotations
 
-import math
 from collections.abc import Mapping
 from typing import NamedTuple
 
@@ -28,6 +27,7 @@ from ._checks import positive_int
 from .layers.base import Layer, Serial
 from .layers.driver import check_inputs
 from .layers.linear import ConvModule, Dense, DenseModule
+from .layers.spatial import patches
 from .layers.state import Kernels
 
 METHODS = ("auto", "structured", "jacobian", "ntk_vp")
@@ -174,11 +174,10 @@ def _layer_gradient_factors(module: nn.Module, a: Tensor) -> tuple[Tensor, float
     if isinstance(module, nn.Linear):
         return a, 1.0, 1.0
     if isinstance(module, ConvModule):
-        padded, stride, dilation = module.pad(a), module.stride, (1,) * len(module.stride)
-        s_W, s_b = module.weight_scale, module.bias_scale
-    else:  # nn.Conv1d / nn.Conv2d
-        padded, stride, dilation = _torch_conv_pad(module, a), module.stride, module.dilation
-        s_W, s_b = 1.0, 1.0
+        return patches(a, module.filter_shape, module.stride, module.padding), module.weight_scale, module.bias_scale
+    # nn.Conv1d / nn.Conv2d
+    padded, stride, dilation = _torch_conv_pad(module, a), module.stride, module.dilation
+    s_W, s_b = 1.0, 1.0
     kernel_size = tuple(module.weight.shape[2:])
     if padded.ndim == 3:  # 1-D: unfold is 2-D only
         padded, kernel_size, stride, dilation = (padded[:, :, None, :], (1, *kernel_size), (1, *stride),

@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ._checks import positive_int
-from .layers import Dense, FanOut, Layer, parallel, serial
+from .layers import FanOut, Layer, parallel, serial
 from .layers.activations import Activation
 from .layers.state import Kernels
 from .networks import mlp

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 import ntklib as nk
-from ntklib import MLP, Kernels, empirical_ntk, infinite_width_kernels, linearize, monte_carlo_kernels
+from ntklib import MLP, empirical_ntk, infinite_width_kernels, linearize, monte_carlo_kernels
 from conftest import randn
 
 # torch's forward-mode AD (behind jvp) scripts its decompositions on first use, which warns.

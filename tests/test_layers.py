@@ -69,6 +69,13 @@ CASES = {
     "AvgPool circular": (_images(lambda k: [nk.Relu(), nk.AvgPool(2, stride=1, padding="circular")],
                                  readout=nk.Flatten()), "images"),  # fmt: skip
     "GlobalAvgPool": (_images(lambda k: [nk.Relu()]), "images"),
+    # Pooling before a layer that uses the inputs' variances: they are then tracked over all
+    # pixel pairs (ntklib.layers.base.layout_for).
+    "AvgPool then Relu": (_images(lambda k: [nk.Relu(), nk.AvgPool(2, stride=1), nk.Conv(k, 2, W_std=1.2, b_std=0.1),
+                                             nk.Relu()]), "images"),  # fmt: skip
+    "GlobalAvgPool then Dense": (lambda k: nk.serial(nk.Conv(k, 3, padding="same", W_std=1.4, b_std=0.1), nk.Relu(),
+                                                     nk.GlobalAvgPool(), nk.Dense(k, 1.3, 0.2), nk.Erf(),
+                                                     nk.Dense(1, 1.1, 0.1)), "images"),  # fmt: skip
     "Flatten": (_images(lambda k: [nk.Relu()], readout=nk.Flatten()), "images"),
     "LayerNorm channels": (_images(lambda k: [nk.LayerNorm(), nk.Erf()]), "images"),
     "residual conv": (_images(lambda k: [nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), nk.Conv(k, 3, padding="same")),
@@ -233,6 +240,21 @@ def test_symmetric_kernels_are_exactly_symmetric_and_blocks_do_not_matter():
         torch.testing.assert_close(K, B, rtol=1e-14, atol=1e-15)
     Z = inputs("images", 5, seed=9)
     torch.testing.assert_close(net.kernels(X, Z, block_size=2).ntk, net.kernels(Z, X).ntk.T, rtol=1e-14, atol=1e-15)
+
+
+def test_per_pixel_variances_give_the_kernels_of_pixel_pair_variances():
+    """With pooling only at the end, the driver tracks the inputs' variances per pixel (cheap);
+    tracking them over all pixel pairs, as pooling before an activation needs, is the other path."""
+    from ntklib.layers.state import Layout
+
+    net = CASES["residual conv"][0](1)
+    X, Z = inputs("images", 4, seed=11), inputs("images", 3, seed=12)
+    cheap = net.kernel_of_inputs(X, Z, False, Layout(True, False))
+    pairs = net.kernel_of_inputs(X, Z, False, Layout(True, True))
+    assert cheap.cov1 is None and not cheap.variances_known  # not needed after the final pooling
+    assert pairs.cov1.shape == (4,) and pairs.variances_known
+    torch.testing.assert_close(cheap.nngp, pairs.nngp, rtol=1e-14, atol=1e-15)
+    torch.testing.assert_close(cheap.ntk, pairs.ntk, rtol=1e-14, atol=1e-15)
 
 
 def test_fan_in_sum_of_correlated_branches_raises_where_it_would_be_wrong():

@@ -6,7 +6,7 @@ import pickle
 import pytest
 import torch
 
-from ntklib.networks import MLP, Dense
+from ntklib.networks import MLP
 from conftest import randn
 
 F64 = torch.float64

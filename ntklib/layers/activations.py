@@ -45,6 +45,8 @@ class Activation(Layer):
         self.linear = linear  # phi(u) = u: Gaussian in, Gaussian out
         self._options = options
 
+    uses_variances = True
+
     def __repr__(self) -> str:
         return f"{self.name}({self._options})"
 
@@ -73,7 +75,7 @@ class Activation(Layer):
     def _self_map(self, cov: Tensor, state: KernelState) -> Tensor:
         """The dual map of each input with itself: (n, *P) -> (n, *P)."""
         k = len(state.spatial)
-        if not state.full or k == 0:
+        if not state.cov_full or k == 0:
             return self.dual(cov, cov, cov.clone())[0]
         q = pixel_diagonal(cov, k, True)  # (n, *S)
         ones = (1,) * k
@@ -111,15 +113,18 @@ class ABReluDual:
         self.half_sum_sq, self.gap_sq = (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi)
 
     def __call__(self, q_a: Tensor, q_b: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        norms = torch.mul(q_a, q_b).sqrt_()
+        # sqrt(q_a q_b), not sqrt(q_a) sqrt(q_b): for a point with itself sqrt(q^2) = q exactly, so
+        # cos t = 1 exactly there (arccos is infinitely sensitive at 1). Zero-norm inputs give
+        # 0/0; clamping the norms picks some angle, and the norms factor kills it.
+        norms = torch.mul(q_a, q_b).sqrt_().clamp_min_(torch.finfo(s.dtype).tiny)
         if norms.shape != s.shape:
-            norms = norms.expand_as(s).clone()
-        # Zero-norm inputs give 0/0: any angle works there, the norms factor kills it.
-        cos_t = torch.div(s, norms.clamp_min(torch.finfo(s.dtype).tiny)).clamp_(-1.0, 1.0)
+            norms = norms.expand_as(s).contiguous()
+        cos_t = torch.div(s, norms).clamp_(-1.0, 1.0)
         # sin t from cos t, not from q_a q_b - s^2: at cos t = 1 it is exactly 0.
-        nngp = torch.mul(cos_t, cos_t).neg_().add_(1.0).clamp_min_(0.0).sqrt_().mul_(norms)  # norms sin t
+        nngp = torch.mul(cos_t, cos_t).neg_().add_(1.0).clamp_min_(0.0).sqrt_()
         t = cos_t.arccos_()
-        nngp.addcmul_(t, s, value=-1.0).mul_(self.gap_sq).add_(s, alpha=self.half_sum_sq)
+        # E[phi phi] = gap norms (sin t - t cos t) + half s, with norms cos t = s
+        nngp.mul_(norms).addcmul_(t, s, value=-1.0).mul_(self.gap_sq).add_(s, alpha=self.half_sum_sq)
         derivative = t.mul_(-self.gap_sq).add_(self.half_sum_sq)
         return nngp, derivative
 

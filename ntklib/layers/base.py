@@ -43,9 +43,21 @@ class Layer:
         """The kernel rule: the state of this layer's outputs from that of its inputs."""
         raise NotImplementedError
 
-    def needs_pixel_pairs(self) -> bool:
-        """Whether this layer needs covariances between different pixels (pooling does)."""
-        return False
+    # Whether the kernel rule mixes different pixels (pooling: it needs all pixel pairs), and
+    # whether it uses the inputs' variances (activations, LayerNorm).
+    mixes_pixels = False
+    uses_variances = False
+
+    def sublayers(self) -> tuple["Layer", ...]:
+        """The layers a combinator holds, in the order their rules run."""
+        return ()
+
+    def kernel_of_inputs(self, X: Tensor, Z: Tensor, same: bool, layout) -> Any:
+        """The kernel rule applied to the inputs' state; layers that can start from the raw
+        inputs more cheaply (Dense, Conv) override it."""
+        from .state import input_state
+
+        return self.kernel(input_state(X, Z, same, layout))
 
     # -- public entry points ----------------------------------------------------------------
     def kernels(self, X: Tensor, Z: Tensor | None = None, *, block_size: int | None = None):
@@ -105,6 +117,27 @@ def _as_shape(in_shape: object) -> tuple[int, ...]:
     if not isinstance(in_shape, (tuple, list, torch.Size)) or not in_shape:
         raise TypeError(f"in_shape must be d or a tuple (C, H, W) / (C, L); got {in_shape!r}")
     return tuple(positive_int("in_shape entries", size) for size in in_shape)
+
+
+def all_layers(net: Layer) -> list[Layer]:
+    """Every layer of a network, combinators unfolded, in the order their rules run (branches
+    one after the other)."""
+    return [leaf for layer in net.sublayers() for leaf in all_layers(layer)] if net.sublayers() else [net]
+
+
+def layout_for(net: Layer, spatial: tuple[int, ...]):
+    """The pixel layout the kernel state needs: all pixel pairs of nngp and ntk when some layer
+    pools, and of the variances too only when a pooling layer comes before a layer that uses
+    them (conservatively, across branches too)."""
+    from .state import Layout
+
+    layers = all_layers(net)
+    full = bool(spatial) and any(layer.mixes_pixels for layer in layers)
+    mixed, cov_full = False, False
+    for layer in layers:
+        cov_full = cov_full or (mixed and layer.uses_variances)
+        mixed = mixed or layer.mixes_pixels
+    return Layout(full, full and cov_full)
 
 
 class Network(nn.Module):
@@ -183,8 +216,14 @@ class Serial(Layer):
             state = layer.kernel(state)
         return state
 
-    def needs_pixel_pairs(self) -> bool:
-        return any(layer.needs_pixel_pairs() for layer in self.layers)
+    def kernel_of_inputs(self, X, Z, same, layout):
+        state = self.layers[0].kernel_of_inputs(X, Z, same, layout)
+        for layer in self.layers[1:]:
+            state = layer.kernel(state)
+        return state
+
+    def sublayers(self):
+        return self.layers
 
 
 class SerialModule(nn.Sequential):
@@ -229,8 +268,8 @@ class Parallel(Layer):
     def kernel(self, state):
         return [layer.kernel(branch) for layer, branch in zip(self.layers, self._branches(state))]
 
-    def needs_pixel_pairs(self) -> bool:
-        return any(layer.needs_pixel_pairs() for layer in self.layers)
+    def sublayers(self):
+        return self.layers
 
 
 class ParallelModule(nn.ModuleList):

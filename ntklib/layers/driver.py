@@ -13,12 +13,11 @@ from __future__ import annotations
 
 import math
 
-import torch
 from torch import Tensor
 
 from .._checks import check_finite, check_floating, check_same_placement, positive_int
-from .base import Layer, LayerError
-from .state import Kernels, KernelState, input_state
+from .base import Layer, LayerError, layout_for
+from .state import Kernels, KernelState
 
 # Kernel entries per block (with pixel pairs counted): large enough that the Python overhead
 # per block is small, small enough that the elementwise passes of a block run in cache.
@@ -65,8 +64,8 @@ def compute_kernels(net: Layer, X: Tensor, Z: Tensor | None, block_size: int | N
                 "inputs need vector outputs; end it with Flatten() or GlobalAvgPool() (and a Dense readout)"
             )
     spatial = in_shape[1:]
-    full = bool(spatial) and net.needs_pixel_pairs()
-    pair_size = math.prod(spatial) ** (2 if full else 1) if spatial else 1
+    layout = layout_for(net, spatial)
+    pair_size = math.prod(spatial) ** (2 if layout.full else 1) if spatial else 1
     n, m = X.shape[0], Z.shape[0]
     if block_size is None:
         block_size = max(1, math.isqrt(BLOCK_ENTRIES // pair_size))
@@ -79,8 +78,8 @@ def compute_kernels(net: Layer, X: Tensor, Z: Tensor | None, block_size: int | N
         for col in range(row if symmetric else 0, m, block_size):
             cols = slice(col, min(col + block_size, m))
             same = symmetric and row == col
-            state = input_state(X[rows], Z[cols], same, full)
-            for result, block in zip(results, _leaves(net.kernel(state))):
+            final = net.kernel_of_inputs(X[rows], Z[cols], same, layout)
+            for result, block in zip(results, _leaves(final)):
                 _store(result, block, rows, cols, symmetric, same)
     return _nest(iter(results), out_shape)
 
@@ -106,4 +105,4 @@ def _store(result: Kernels, block: KernelState, rows: slice, cols: slice, symmet
             values = values.triu() + values.triu(1).T
         out[rows, cols] = values
         if symmetric and not same:
-            out[cols, rows] = values.T
+            out[cols, rows] = values.T.contiguous()  # transposing in cache, then one contiguous copy

@@ -27,7 +27,8 @@ from torch.nn import functional as F
 
 from .._checks import PARAMETERIZATIONS, check_parameterization, nonnegative_real, positive_int
 from .base import Layer, LayerError
-from .spatial import PADDINGS, padding_amounts, window_mean
+from .spatial import PADDINGS, pad_images, padding_amounts, patches, window_sum
+from .state import KernelState, pair_gram
 
 
 def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator | None, dtype: torch.dtype,
@@ -53,23 +54,29 @@ class _Weighted(Layer):
     def _scales(self) -> str:
         return f"W_std={self.W_std:g}, b_std={self.b_std}, parameterization={self.parameterization!r}"
 
-    def _update(self, state, fan_in: int, mean):
-        """The kernel rule, with ``mean(tensor, batch_ndim)`` the layer's average over its inputs
-        (the identity for Dense, the filter-window mean for Conv)."""
-        W_var = self.W_std**2
+    def _update(self, state, fan_in: int, total, count: int, shape: tuple[int, ...]):
+        """The kernel rule, with ``total(tensor, full)`` the layer's sum over the ``count``
+        inputs each output sees (one feature for Dense, the filter window for Conv)."""
+        summed = state.map_tensors(total)
+        return self._affine(state, summed.nngp, summed.ntk, summed.cov1, summed.cov2, fan_in, count, shape)
+
+    def _affine(self, state, sigma, theta, cov1, cov2, fan_in: int, count: int, shape: tuple[int, ...]):
+        """The new state from the input covariances summed over ``count`` inputs (their mean
+        times count; theta None: the inputs' NTK is 0)."""
+        W_var = self.W_std**2 / count  # W_std^2 times the mean
         b_var = 0.0 if self.b_std is None else self.b_std**2
-        sigma = mean(state.nngp, 2)
-        theta = mean(state.ntk, 2)
         if self.parameterization == "ntk":
-            theta = theta.add_(sigma).mul_(W_var).add_(b_var)
+            theta = sigma.clone() if theta is None else theta.add_(sigma)
+            theta.mul_(W_var).add_(b_var)
         else:
-            theta = theta.mul_(W_var).add_(sigma, alpha=fan_in)
+            mean_scale = fan_in / count
+            theta = sigma * mean_scale if theta is None else theta.mul_(W_var).add_(sigma, alpha=mean_scale)
             if self.b_std is not None:
                 theta.add_(1.0)
         sigma = sigma.mul_(W_var).add_(b_var)
-        cov1 = None if state.cov1 is None else mean(state.cov1, 1).mul_(W_var).add_(b_var)
-        cov2 = None if state.cov2 is None else mean(state.cov2, 1).mul_(W_var).add_(b_var)
-        return state.replace(nngp=sigma, ntk=theta, cov1=cov1, cov2=cov2, is_gaussian=True, fresh=True)
+        cov1 = None if cov1 is None else cov1.mul_(W_var).add_(b_var)
+        cov2 = None if cov2 is None else cov2.mul_(W_var).add_(b_var)
+        return state.replace(nngp=sigma, ntk=theta, cov1=cov1, cov2=cov2, shape=shape, is_gaussian=True, fresh=True)
 
 
 class Dense(_Weighted):
@@ -104,7 +111,17 @@ class Dense(_Weighted):
     def kernel(self, state):
         state = self._single(state)
         self.output_shape(state.shape)
-        return self._update(state, state.shape[0], lambda tensor, batch_ndim: tensor).replace(shape=(self.out,))
+        return self._update(state, state.shape[0], lambda tensor, full: tensor, 1, (self.out,))
+
+    def kernel_of_inputs(self, X: Tensor, Z: Tensor, same: bool, layout):
+        """The kernel rule on the inputs directly: Sigma = x.z / d, and an NTK of 0 below."""
+        self.output_shape(tuple(X.shape[1:]))  # vectors only
+        d = X.shape[1]
+        sigma = (X @ Z.T).div_(d)
+        cov1 = None if same else (X * X).sum(1).div_(d)
+        cov2 = None if same else (Z * Z).sum(1).div_(d)
+        state = KernelState(sigma, sigma, cov1, cov2, (d,), False, same)
+        return self._affine(state, sigma, None, cov1, cov2, d, 1, (self.out,))
 
 
 class DenseModule(nn.Module):
@@ -241,11 +258,23 @@ class Conv(_Weighted):
         out_shape = self.output_shape(state.shape)
         fan_in = state.shape[0] * math.prod(self.filter_shape)
 
-        def mean(tensor: Tensor, batch_ndim: int) -> Tensor:
-            return window_mean(tensor, state.spatial, self.filter_shape, self.stride, self.padding, state.full,
-                               paired=True)  # fmt: skip
+        def total(tensor: Tensor, full: bool) -> Tensor:
+            return window_sum(tensor, state.spatial, self.filter_shape, self.stride, self.padding, full, paired=True)
 
-        return self._update(state, fan_in, mean).replace(shape=out_shape)
+        return self._update(state, fan_in, total, math.prod(self.filter_shape), out_shape)
+
+    def kernel_of_inputs(self, X: Tensor, Z: Tensor, same: bool, layout):
+        """The kernel rule applied to the inputs directly: the filter-window mean of the inputs'
+        covariance is a Gram matrix of image patches, one matrix product instead of passes over
+        pixel pairs."""
+        out_shape = self.output_shape(tuple(X.shape[1:]))
+        patches_x = patches(X, self.filter_shape, self.stride, self.padding)  # (n1, C F, P)
+        patches_z = patches_x if same else patches(Z, self.filter_shape, self.stride, self.padding)
+        sigma = pair_gram(patches_x, patches_z, out_shape[1:], layout.full)
+        cov1 = None if same else pair_gram(patches_x, None, out_shape[1:], layout.cov_full)
+        cov2 = None if same else pair_gram(patches_z, None, out_shape[1:], layout.cov_full)
+        state = KernelState(sigma, sigma, cov1, cov2, tuple(X.shape[1:]), layout.full, same, cov_full=layout.cov_full)
+        return self._affine(state, sigma, None, cov1, cov2, patches_x.shape[1], 1, out_shape)
 
 
 class ConvModule(nn.Module):
@@ -282,14 +311,7 @@ class ConvModule(nn.Module):
 
     def pad(self, x: Tensor) -> Tensor:
         """The input with this layer's padding, so that a "valid" convolution follows."""
-        if self.padding == "valid":
-            return x
-        amounts: list[int] = []
-        for axis in reversed(range(len(self.filter_shape))):  # F.pad lists the last dim first
-            before, after, _ = padding_amounts(x.shape[2 + axis], self.filter_shape[axis], self.stride[axis],
-                                               self.padding)  # fmt: skip
-            amounts += [before, after]
-        return F.pad(x, amounts, mode="circular" if self.padding == "circular" else "constant")
+        return pad_images(x, self.filter_shape, self.stride, self.padding)
 
     def forward(self, x: Tensor) -> Tensor:
         """``(n, in_channels, *S) -> (n, out_channels, *S_out)``."""

@@ -22,6 +22,8 @@ class LayerNorm(Layer):
         eps: added to the variance before the square root (neural-tangents' default).
     """
 
+    uses_variances = True
+
     def __init__(self, eps: float = 1e-12) -> None:
         self.eps = positive_real("eps", eps)
 
@@ -52,8 +54,8 @@ class LayerNorm(Layer):
 
     def _self_map(self, cov: Tensor, state) -> Tensor:
         k = len(state.spatial)
-        q = pixel_diagonal(cov, k, state.full) + self.eps  # (n, *S)
-        if not state.full or k == 0:
+        q = pixel_diagonal(cov, k, state.cov_full) + self.eps  # (n, *S)
+        if not state.cov_full or k == 0:
             return cov / q
         ones = (1,) * k
         rows = q.reshape(q.shape[0], *state.spatial, *ones)

@@ -15,7 +15,7 @@ from torch.nn import functional as F
 
 from .base import Layer, LayerError
 from .linear import _as_tuple, check_padding, spatial_output
-from .spatial import diagonal_mean, padding_amounts, pixel_pair_mean, window_mean
+from .spatial import diagonal_mean, pad_images, pixel_pair_mean, window_mean
 
 
 def _images(layer: Layer, in_shape) -> tuple[int, ...]:
@@ -23,6 +23,14 @@ def _images(layer: Layer, in_shape) -> tuple[int, ...]:
     if len(in_shape) < 2:
         raise LayerError(f"{layer!r} expects images (C, H, W) or signals (C, L) but receives vectors of shape {in_shape}")
     return in_shape
+
+
+def _pooled(state, shape):
+    """A pooled state; per-pixel variances cannot be pooled (pixel pairs are needed), and the
+    layout was chosen so that no later layer asks for them."""
+    if state.cov1 is None and not state.same:
+        state = state.replace(variances_known=False)
+    return state.replace(shape=shape)
 
 
 class AvgPool(Layer):
@@ -62,13 +70,14 @@ class AvgPool(Layer):
         state = self._single(state)
         out_shape = self.output_shape(state.shape)
 
-        def pool(tensor: Tensor, batch_ndim: int) -> Tensor:
+        def pool(tensor: Tensor, full: bool) -> Tensor | None:
+            if not full:  # per-pixel variances, which no later layer uses (see layout_for)
+                return None
             return window_mean(tensor, state.spatial, self.window, self.stride, self.padding, True, paired=False)
 
-        return state.map_tensors(pool).replace(shape=out_shape)
+        return _pooled(state.map_tensors(pool), out_shape)
 
-    def needs_pixel_pairs(self) -> bool:
-        return True
+    mixes_pixels = True
 
 
 class AvgPoolModule(nn.Module):
@@ -77,14 +86,8 @@ class AvgPoolModule(nn.Module):
         self.window, self.stride, self.padding = window, stride, padding
 
     def forward(self, x: Tensor) -> Tensor:
-        if self.padding != "valid":
-            amounts: list[int] = []
-            for axis in reversed(range(len(self.window))):
-                before, after, _ = padding_amounts(x.shape[2 + axis], self.window[axis], self.stride[axis], self.padding)
-                amounts += [before, after]
-            x = F.pad(x, amounts, mode="circular" if self.padding == "circular" else "constant")
         pool = F.avg_pool2d if len(self.window) == 2 else F.avg_pool1d
-        return pool(x, self.window, self.stride)
+        return pool(pad_images(x, self.window, self.stride, self.padding), self.window, self.stride)
 
     def extra_repr(self) -> str:
         return f"window={self.window}, stride={self.stride}, padding={self.padding!r}"
@@ -103,10 +106,10 @@ class GlobalAvgPool(Layer):
         state = self._single(state)
         out_shape = self.output_shape(state.shape)
         k = len(state.spatial)
-        return state.map_tensors(lambda tensor, _: pixel_pair_mean(tensor, k, state.full)).replace(shape=out_shape)
+        pooled = state.map_tensors(lambda tensor, full: pixel_pair_mean(tensor, k, True) if full else None)
+        return _pooled(pooled, out_shape)
 
-    def needs_pixel_pairs(self) -> bool:
-        return True
+    mixes_pixels = True
 
 
 class GlobalAvgPoolModule(nn.Module):
@@ -135,5 +138,5 @@ class Flatten(Layer):
         if not state.spatial:
             return state
         k = len(state.spatial)
-        flat = state.map_tensors(lambda tensor, _: diagonal_mean(tensor, k, state.full))
+        flat = state.map_tensors(lambda tensor, full: diagonal_mean(tensor, k, full))
         return flat.replace(shape=self.output_shape(state.shape), is_gaussian=False)

@@ -13,6 +13,7 @@ import math
 
 import torch
 from torch import Tensor
+from torch.nn import functional as F
 
 PADDINGS = ("valid", "same", "circular")
 
@@ -24,6 +25,26 @@ def padding_amounts(size: int, window: int, stride: int, padding: str) -> tuple[
     out = -(-size // stride)
     total = max((out - 1) * stride + window - size, 0)
     return total // 2, total - total // 2, out
+
+
+def pad_images(x: Tensor, window: tuple[int, ...], stride: tuple[int, ...], padding: str) -> Tensor:
+    """A finite layer's input (n, C, *S) padded so that a "valid" window operation follows."""
+    if padding == "valid":
+        return x
+    amounts: list[int] = []
+    for axis in reversed(range(len(window))):  # F.pad lists the last dim first
+        before, after, _ = padding_amounts(x.shape[2 + axis], window[axis], stride[axis], padding)
+        amounts += [before, after]
+    return F.pad(x, amounts, mode="circular" if padding == "circular" else "constant")
+
+
+def patches(x: Tensor, window: tuple[int, ...], stride: tuple[int, ...], padding: str) -> Tensor:
+    """The windows of a padded input, (n, C * window size, output positions), as F.unfold lays
+    them out (channel-major, then the window's pixels)."""
+    padded = pad_images(x, window, stride, padding)
+    if padded.ndim == 3:  # 1-D: unfold is 2-D only
+        padded, window, stride = padded[:, :, None, :], (1, *window), (1, *stride)
+    return F.unfold(padded, window, stride=stride)
 
 
 def pad_dim(T: Tensor, dim: int, before: int, after: int, mode: str) -> Tensor:
@@ -58,36 +79,66 @@ def window_mean(
     full: bool,
     paired: bool,
 ) -> Tensor:
-    """Average of T over windows of pixels, on its trailing pixel dims.
+    """Average of T over windows of pixels: :func:`window_sum` divided by the window's count."""
+    total = window_sum(T, spatial, window, strides, padding, full, paired)
+    return total.div_(math.prod(window) if (paired or not full) else math.prod(window) ** 2)
+
+
+def window_sum(
+    T: Tensor,
+    spatial: tuple[int, ...],
+    window: tuple[int, ...],
+    strides: tuple[int, ...],
+    padding: str,
+    full: bool,
+    paired: bool,
+) -> Tensor:
+    """Sum of T over windows of pixels, on its trailing pixel dims.
 
     ``paired=True`` is the rule of a convolution, whose weights are shared by a pixel pair
-    only at equal offsets: out[p', q'] = mean_d T[s p' + d, s q' + d] (in the diagonal layout
-    out[p'] = mean_d T[s p' + d]). ``paired=False`` is average pooling of both pixels
-    independently: out[p', q'] = mean_{d, e} T[s p' + d, s q' + e] (full layout only).
-    Either way the window factorises over the spatial axes, so it is applied axis by axis.
+    only at equal offsets: out[p', q'] = sum_d T[s p' + d, s q' + d] (in the diagonal layout
+    out[p'] = sum_d T[s p' + d]). ``paired=False`` is average pooling of both pixels
+    independently: out[p', q'] = sum_{d, e} T[s p' + d, s q' + e] (full layout only).
+    Either way the window factorises over the spatial axes, so it is applied axis by axis;
+    zero padding is never materialised: each offset adds its in-range part only.
     """
     k = len(spatial)
     batch_ndim = T.ndim - k * (2 if full else 1)
     for axis in range(k):
-        before, after, out = padding_amounts(spatial[axis], window[axis], strides[axis], padding)
         p_dim = batch_ndim + axis
         dims = (p_dim, p_dim + k) if full else (p_dim,)
+        groups = [dims] if (paired or not full) else [(dim,) for dim in dims]
+        for group in groups:
+            T = _window_sum(T, group, spatial[axis], window[axis], strides[axis], padding)
+    return T
+
+
+def _window_sum(T: Tensor, dims: tuple[int, ...], size: int, window: int, stride: int, padding: str) -> Tensor:
+    """out[p'] = sum_d T[stride p' + d - before] on each of ``dims`` at once (the same p' and d
+    on all of them), with zero or wrap-around padding."""
+    before, after, out = padding_amounts(size, window, stride, padding)
+    if padding == "circular":
         for dim in dims:
             T = pad_dim(T, dim, before, after, padding)
-        if paired or not full:
-            total = _strided(T, dims, 0, strides[axis], out).clone()
-            for offset in range(1, window[axis]):
-                total += _strided(T, dims, offset, strides[axis], out)
-        else:
-            total = T
-            for dim in dims:
-                summed = _strided(total, (dim,), 0, strides[axis], out).clone()
-                for offset in range(1, window[axis]):
-                    summed += _strided(total, (dim,), offset, strides[axis], out)
-                total = summed
-        T = total
-    scale = math.prod(window) if (paired or not full) else math.prod(window) ** 2
-    return T.div_(scale)
+        total = _strided(T, dims, 0, stride, out).clone()
+        for offset in range(1, window):
+            total += _strided(T, dims, offset, stride, out)
+        return total
+    # Zero or no padding: offset d reaches out[p'] for stride p' + d - before in [0, size).
+    # The offset d = before reads T[stride p'] and so covers every output.
+    total = _strided(T, dims, 0, stride, out).clone()
+    for offset in range(window):
+        if offset == before:
+            continue
+        first = max(0, -(-(before - offset) // stride))
+        last = min(out - 1, (size - 1 + before - offset) // stride)
+        if first > last:
+            continue
+        index = [slice(None)] * T.ndim
+        for dim in dims:
+            index[dim] = slice(first, last + 1)
+        total[tuple(index)] += _strided(T, dims, stride * first + offset - before, stride, last - first + 1)
+    return total
 
 
 def pixel_pair_mean(T: Tensor, spatial_ndim: int, full: bool) -> Tensor:

@@ -9,7 +9,9 @@ columns Z (n2, ...), a :class:`KernelState` holds
   * ``cov1``, ``cov2``: each input's covariance with itself (what the dual maps of activations
     and LayerNorm divide by), or None when the rows and columns are the same inputs, in which
     case they are read off the diagonal of ``nngp`` so that a point's correlation with itself is
-    exactly 1;
+    exactly 1. They need pixel pairs only when a layer that mixes pixels (pooling) comes before
+    one that uses the variances (an activation, LayerNorm); otherwise they are kept per pixel
+    even when ``nngp`` holds all pairs, which saves most of their cost;
   * the finite shape the layer would have (channels first), for shape checks and for the
     "standard" parameterisation, whose NTK depends on the widths.
 
@@ -26,7 +28,6 @@ Kernel rules consume the state they are given: they may overwrite its tensors in
 from __future__ import annotations
 
 import dataclasses
-import math
 from typing import NamedTuple
 
 import torch
@@ -50,12 +51,15 @@ class KernelState:
         cov1, cov2: (n1, *P) and (n2, *P), each input with itself; None when ``same``.
         shape: the per-input shape of the finite layer, (features,) or (channels, *S).
         full: images only: True when pixel pairs (p, q) are all kept, False for p = q only.
+        cov_full: the same for ``cov1`` and ``cov2``.
         same: rows and columns are the same inputs (a diagonal block of a symmetric kernel).
         is_gaussian: the units are zero-mean Gaussian processes (after Dense, Conv and linear
             layers), as an activation's dual map and LayerNorm require.
         fresh: the units come from weights drawn after the last FanOut (followed by linear
             layers only), so they are independent of every other branch: what makes the
             kernels of a FanInSum add up.
+        variances_known: False after pooling when ``cov_full`` is False: no later layer needs
+            them then (the driver checked), so they are not computed.
     """
 
     nngp: Tensor
@@ -67,6 +71,8 @@ class KernelState:
     same: bool
     is_gaussian: bool = False
     fresh: bool = False
+    cov_full: bool = False
+    variances_known: bool = True
 
     def replace(self, **changes: object) -> "KernelState":
         return dataclasses.replace(self, **changes)
@@ -88,9 +94,11 @@ class KernelState:
         if self.same:
             both = self.nngp.diagonal(dim1=0, dim2=1).movedim(-1, 0)  # (n, *P)
             q1 = q2 = pixel_diagonal(both, len(self.spatial), self.full).clone()
+        elif not self.variances_known:
+            raise RuntimeError("ntklib: the inputs' variances were not tracked through pooling (a bug in ntklib)")
         else:
-            q1 = pixel_diagonal(self.cov1, len(self.spatial), self.full)
-            q2 = pixel_diagonal(self.cov2, len(self.spatial), self.full)
+            q1 = pixel_diagonal(self.cov1, len(self.spatial), self.cov_full)
+            q2 = pixel_diagonal(self.cov2, len(self.spatial), self.cov_full)
         k = len(self.spatial)
         ones = (1,) * k
         if self.full:
@@ -98,13 +106,13 @@ class KernelState:
         return q1.unsqueeze(1), q2.unsqueeze(0)
 
     def map_tensors(self, fn) -> "KernelState":
-        """Apply ``fn(tensor, batch_ndim)`` to nngp, ntk (batch_ndim 2) and cov1, cov2 (1):
-        the shape of every linear layer's kernel rule."""
+        """Apply ``fn(tensor, full)`` to nngp, ntk and cov1, cov2, with ``full`` their pixel
+        layout: the shape of every linear layer's kernel rule."""
         return self.replace(
-            nngp=fn(self.nngp, 2),
-            ntk=fn(self.ntk, 2),
-            cov1=None if self.cov1 is None else fn(self.cov1, 1),
-            cov2=None if self.cov2 is None else fn(self.cov2, 1),
+            nngp=fn(self.nngp, self.full),
+            ntk=fn(self.ntk, self.full),
+            cov1=None if self.cov1 is None else fn(self.cov1, self.cov_full),
+            cov2=None if self.cov2 is None else fn(self.cov2, self.cov_full),
         )
 
     def clone(self) -> "KernelState":
@@ -122,48 +130,45 @@ def pixel_diagonal(cov: Tensor, spatial_ndim: int, full: bool) -> Tensor:
     return out
 
 
-def input_state(X: Tensor, Z: Tensor, same: bool, full: bool) -> KernelState:
+class Layout(NamedTuple):
+    """Which pixel pairs a network's kernel state keeps (see :class:`KernelState`)."""
+
+    full: bool  # nngp and ntk over all pixel pairs
+    cov_full: bool  # the inputs' variances over all pixel pairs
+
+
+def pair_gram(A: Tensor, B: Tensor | None, spatial: tuple[int, ...], full: bool) -> Tensor:
+    """sum_f A[i, f, p] B[j, f, q] / F for all pixel pairs, (n1, n2, *S, *S), or for p = q,
+    (n1, n2, *S); with B None, each input with itself: (n1, *S, *S) or (n1, *S).
+
+    A, B: (n, F, P) features per pixel (channels, or patches for a convolution).
+    """
+    n1, features, size = A.shape
+    if B is None:  # self covariances
+        if full:
+            return torch.bmm(A.transpose(1, 2), A).div_(features).reshape(n1, *spatial, *spatial)
+        return (A * A).sum(1).div_(features).reshape(n1, *spatial)
+    n2 = B.shape[0]
+    if full:
+        rows = A.transpose(1, 2).reshape(n1 * size, features)
+        cols = B.transpose(1, 2).reshape(n2 * size, features)
+        gram = (rows @ cols.T).div_(features).view(n1, size, n2, size).transpose(1, 2)  # (n1, n2, P, P)
+        return gram.reshape(n1, n2, *spatial, *spatial)
+    return torch.einsum("ifp,jfp->ijp", A, B).div_(features).reshape(n1, n2, *spatial)
+
+
+def input_state(X: Tensor, Z: Tensor, same: bool, layout: Layout) -> KernelState:
     """The state of the inputs: covariances averaged over features (channels for images).
 
     Vectors (n, d): Sigma(x, z) = x.z / d. Images (n, C, *S): Sigma(x, z)[p, q] =
-    sum_c x_c(p) z_c(q) / C, for all pixel pairs (``full``) or p = q only.
+    sum_c x_c(p) z_c(q) / C, for all pixel pairs (``layout.full``) or p = q only.
     """
-    n1, n2 = X.shape[0], Z.shape[0]
-    channels = X.shape[1]
     spatial = tuple(X.shape[2:])
-    size = math.prod(spatial)
-    if not spatial:
-        nngp = (X @ Z.T).div_(channels)  # (n1, n2)
-        cov1 = None if same else (X * X).sum(1).div_(channels)
-        cov2 = None if same else (Z * Z).sum(1).div_(channels)
-    elif full:
-        A = X.reshape(n1, channels, size).transpose(1, 2).reshape(n1 * size, channels)
-        B = Z.reshape(n2, channels, size).transpose(1, 2).reshape(n2 * size, channels)
-        nngp = (A @ B.T).div_(channels).view(n1, size, n2, size).transpose(1, 2)  # (n1, n2, P, P)
-        nngp = nngp.reshape(n1, n2, *spatial, *spatial)
-        cov1 = cov2 = None
-        if not same:
-            cov1 = _self_gram(X, n1, channels, size).reshape(n1, *spatial, *spatial)
-            cov2 = _self_gram(Z, n2, channels, size).reshape(n2, *spatial, *spatial)
-    else:
-        Xf, Zf = X.reshape(n1, channels, size), Z.reshape(n2, channels, size)
-        nngp = torch.einsum("icp,jcp->ijp", Xf, Zf).div_(channels).reshape(n1, n2, *spatial)
-        cov1 = None if same else (Xf * Xf).sum(1).div_(channels).reshape(n1, *spatial)
-        cov2 = None if same else (Zf * Zf).sum(1).div_(channels).reshape(n2, *spatial)
-    return KernelState(
-        nngp=nngp,
-        ntk=torch.zeros_like(nngp),
-        cov1=cov1,
-        cov2=cov2,
-        shape=tuple(X.shape[1:]),
-        full=full and bool(spatial),
-        same=same,
-        is_gaussian=False,
-        fresh=False,
-    )
-
-
-def _self_gram(X: Tensor, n: int, channels: int, size: int) -> Tensor:
-    """(n, C, P) -> (n, P, P): each image's pixel-pair Gram over channels, / C."""
-    flat = X.reshape(n, channels, size)
-    return torch.bmm(flat.transpose(1, 2), flat).div_(channels)
+    A = X.reshape(X.shape[0], X.shape[1], -1)  # (n1, C, P); P = 1 for vectors
+    B = Z.reshape(Z.shape[0], Z.shape[1], -1)
+    full, cov_full = layout.full and bool(spatial), layout.cov_full and bool(spatial)
+    nngp = pair_gram(A, B, spatial, full)
+    cov1 = None if same else pair_gram(A, None, spatial, cov_full)
+    cov2 = None if same else pair_gram(B, None, spatial, cov_full)
+    return KernelState(nngp=nngp, ntk=torch.zeros_like(nngp), cov1=cov1, cov2=cov2, shape=tuple(X.shape[1:]),
+                       full=full, same=same, cov_full=cov_full)  # fmt: skip

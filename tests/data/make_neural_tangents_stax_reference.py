@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 jax.config.update("jax_enable_x64", True)
-import neural_tangents as nt  # noqa: E402
-from neural_tangents import stax  # noqa: E402
+import neural_tangents as nt
+from neural_tangents import stax
 
 TANH_DEGREE = 1000  # Gauss-Hermite points for tanh (error ~ exp(-c sqrt(deg))); see check_tanh_degree
 
@@ -249,7 +249,7 @@ def main():
                 cases.append(case)
     tanh_change = check_tanh_degree(cases)
     assert tanh_change < 1e-10, tanh_change
-    pip = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True).stdout
+    pip = subprocess.run([sys.executable, "-m", "pip", "freeze"], capture_output=True, text=True, check=True).stdout
     out = {
         "neural_tangents": nt.__version__,
         "jax": jax.__version__,
