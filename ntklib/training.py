@@ -17,8 +17,9 @@ from numbers import Integral
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_matrix, as_targets, check_same_placement, nonnegative_int, positive_int, positive_real
+from ._checks import as_targets, check_same_placement, nonnegative_int, positive_int, positive_real
 from .empirical import empirical_ntk
+from .layers.driver import check_inputs
 
 PROGRESS_MIN_STEPS = 1000  # progress=None shows a bar from this many steps on (on a terminal)
 MAX_DEFAULT_RECORDS = 1000  # record=None thins longer runs to about this many records
@@ -74,11 +75,13 @@ def train(
     requires_grad=True is trained; their ``.grad`` is left untouched.
 
     Args:
-        model: maps (n, d) to (n,) or (n, k) outputs, with parameters on X's device and dtype.
-        X: (n, d) training inputs; y: (n,) or (n, k) targets (outputs are recorded in y's shape).
+        model: maps (n, d) vectors or ``(n, C, *S)`` images to (n,) or (n, k) outputs, with
+            parameters on X's device and dtype.
+        X: training inputs, (n, d) or ``(n, C, *S)``; y: (n,) or (n, k) targets (outputs are
+            recorded in y's shape).
         lr: step size > 0.
         steps: number of updates >= 0.
-        X_test: (m, d) points whose outputs are recorded too, or None.
+        X_test: points of X's per-input shape whose outputs are recorded too, or None.
         record: every ``record``-th step (plus the last), or a sequence of steps in [0, steps];
             None: every step, thinned to about 1000 records for longer runs.
         record_ntk: False; True (at the ``record`` steps); or its own int/sequence schedule.
@@ -92,16 +95,13 @@ def train(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    X = as_matrix("X", X)
+    X, _ = check_inputs(X, None)
     n = X.shape[0]
     y = as_targets("y", y, n, like=X)
     lr = positive_real("lr", lr)
     steps = nonnegative_int("steps", steps)
     if X_test is not None:
-        X_test = as_matrix("X_test", X_test)
-        check_same_placement(("X", "X_test"), X, X_test)
-        if X_test.shape[1] != X.shape[1]:
-            raise ValueError(f"X_test has d={X_test.shape[1]} features but X has d={X.shape[1]}")
+        X, X_test = check_inputs(X, X_test, names=("X", "X_test"))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"model ({type(model).__name__}) has no trainable parameters (requires_grad=True)")

@@ -407,7 +407,7 @@ def test_train_errors():
         nk.train(net, X, y[:3], 0.1, 1)
     with pytest.raises(ValueError, match=r"model\(X\) has shape \(4, 1\), which does not match y of shape \(4, 2\)"):
         nk.train(net, X, torch.ones(4, 2, dtype=F64), 0.1, 1)
-    with pytest.raises(ValueError, match="X_test has d=3 features but X has d=2"):
+    with pytest.raises(ValueError, match="feature dimensions differ: X has d=2 columns but X_test has d=3"):
         nk.train(net, X, y, 0.1, 1, X_test=torch.ones(2, 3, dtype=F64))
     with pytest.raises(ValueError, match="record asks for step 5 but there are only steps=3"):
         nk.train(net, X, y, 0.1, 3, record=[0, 5])
@@ -433,3 +433,22 @@ def test_mixed_devices():
     net = nk.MLP(3, 4, 1, dtype=F64)
     with pytest.raises(ValueError, match="X is on cuda:0 but a model parameter is on cpu"):
         nk.train(net, torch.ones(2, 3, dtype=F64, device="cuda"), torch.ones(2, dtype=F64, device="cuda"), 0.1, 1)
+
+
+def test_train_takes_images():
+    """A small CNN built by nk.serial trains on images: after one step its parameters are those
+    of one gradient step computed by hand with autograd on the same loss."""
+    import copy
+
+    gen = torch.Generator().manual_seed(21)
+    X = torch.randn(5, 1, 6, 6, generator=gen, dtype=F64)
+    y = torch.randn(5, generator=gen, dtype=F64)
+    net = nk.serial(nk.Conv(4, 3, padding="same", b_std=0.1), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1))
+    model = net.init((1, 6, 6), generator=gen, dtype=F64)
+    by_hand = copy.deepcopy(model)
+    run = nk.train(model, X, y, lr=0.3, steps=1, X_test=X[:2])
+    loss = 0.5 * (by_hand(X)[:, 0] - y).square().sum() / 5
+    grads = torch.autograd.grad(loss, list(by_hand.parameters()))
+    for p, p0, g in zip(model.parameters(), by_hand.parameters(), grads):
+        torch.testing.assert_close(p, p0 - 0.3 * g, rtol=1e-13, atol=1e-15)
+    assert run.train.shape == (2, 5) and run.test.shape == (2, 2) and float(run.loss[1]) < float(run.loss[0])

@@ -44,9 +44,11 @@ def check_inputs(X: object, Z: object | None, names: tuple[str, str] = ("X", "Z"
     if Z is not None:
         check_same_placement(names, X, Z)
         if X.ndim == 2 and Z.ndim == 2 and X.shape[1] != Z.shape[1]:
-            raise ValueError(f"feature dimensions differ: X has d={X.shape[1]} columns but Z has d={Z.shape[1]}")
+            raise ValueError(f"feature dimensions differ: {names[0]} has d={X.shape[1]} columns but {names[1]} has "
+                             f"d={Z.shape[1]}")  # fmt: skip
         if Z.shape[1:] != X.shape[1:]:
-            raise ValueError(f"X and Z must have the same per-input shape; got X {tuple(X.shape)} and Z {tuple(Z.shape)}")
+            raise ValueError(f"{names[0]} and {names[1]} must have the same per-input shape; got {names[0]} "
+                             f"{tuple(X.shape)} and {names[1]} {tuple(Z.shape)}")  # fmt: skip
     return X, Z
 
 
