@@ -68,6 +68,34 @@ def as_matrix_pair(X: object, Z: object | None) -> tuple[Tensor, Tensor]:
     return X, Z
 
 
+def as_inputs(X: object, Z: object | None, names: tuple[str, str] = ("X", "Z")) -> tuple[Tensor, Tensor | None]:
+    """X (n, *in_shape) and Z (m, *in_shape): finite floating tensors on one device and dtype."""
+    for name, value in zip(names, (X, Z)):
+        if value is None and name == names[1]:
+            continue
+        if not isinstance(value, Tensor):
+            raise TypeError(f"{name} must be a torch.Tensor of shape (n, d) or (n, C, *S); got {type(value).__name__}")
+        if value.ndim < 2:
+            hint = f" (for 1-D inputs use {name}[:, None])" if value.ndim == 1 else ""
+            raise ValueError(f"{name} must be (n, d) vectors or (n, C, *S) images; got shape {tuple(value.shape)}{hint}")
+        if value.ndim > 4:
+            raise ValueError(f"{name} has shape {tuple(value.shape)}: ntklib handles vectors (n, d), 1-D signals "
+                             "(n, C, L) and images (n, C, H, W)")  # fmt: skip
+        if value.numel() == 0:
+            raise ValueError(f"{name} is empty: shape {tuple(value.shape)}")
+        check_floating(name, value)
+        check_finite(name, value)
+    if Z is not None:
+        check_same_placement(names, X, Z)
+        if X.ndim == 2 and Z.ndim == 2 and X.shape[1] != Z.shape[1]:
+            raise ValueError(f"feature dimensions differ: {names[0]} has d={X.shape[1]} columns but {names[1]} has "
+                             f"d={Z.shape[1]}")  # fmt: skip
+        if Z.shape[1:] != X.shape[1:]:
+            raise ValueError(f"{names[0]} and {names[1]} must have the same per-input shape; got {names[0]} "
+                             f"{tuple(X.shape)} and {names[1]} {tuple(Z.shape)}")  # fmt: skip
+    return X, Z
+
+
 def as_targets(name: str, y: object, n: int, like: Tensor, like_name: str = "X") -> Tensor:
     """Targets of shape (n,) or (n, k), finite, on the same device and dtype as ``like``."""
     if not isinstance(y, Tensor):

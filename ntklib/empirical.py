@@ -23,9 +23,8 @@ from torch import Tensor, nn
 from torch.func import functional_call, jacrev, jvp, vjp, vmap
 from torch.nn import functional as F
 
-from ._checks import positive_int
+from ._checks import as_inputs, positive_int
 from .layers.base import Layer, Serial
-from .layers.driver import check_inputs
 from .layers.linear import ConvModule, Dense, DenseModule
 from .layers.spatial import patches
 from .layers.state import Kernels
@@ -84,7 +83,7 @@ def empirical_ntk(
     Returns:
         The NTK Theta on X's device and dtype, shaped by ``layout``.
     """
-    X, Z_ = check_inputs(X, Z)
+    X, Z_ = as_inputs(X, Z)
     Z_ = X if Z_ is None else Z_
     if method not in METHODS:
         raise ValueError(f"unknown method {method!r}; expected one of: {', '.join(METHODS)}")
@@ -359,7 +358,7 @@ class LinearizedModel:
 
     def __call__(self, params: Mapping[str, Tensor], x: Tensor) -> Tensor:
         """params: name -> tensor shaped as theta_0; x: ``(n, *in_shape)``. Returns what model(x) would."""
-        x, _ = check_inputs(x, None, names=("x", "z"))
+        x, _ = as_inputs(x, None, names=("x", "z"))
         tangents = self._tangents(params)
 
         def f(p: dict[str, Tensor]) -> Tensor:
@@ -460,7 +459,7 @@ def monte_carlo_kernels(
         raise TypeError(f"monte_carlo_kernels got unexpected keyword arguments {sorted(mlp_options)}")
     if not isinstance(net, Layer):
         raise TypeError(f"net must be an ntklib layer description (e.g. nk.serial(...)); got {type(net).__name__}")
-    X, Z_ = check_inputs(X, Z)
+    X, Z_ = as_inputs(X, Z)
     n_samples = positive_int("n_samples", n_samples)
     net.output_shape(tuple(X.shape[1:]))
     readout = net.layers[-1] if isinstance(net, Serial) and isinstance(net.layers[-1], Dense) else None

@@ -17,9 +17,8 @@ from numbers import Integral
 import torch
 from torch import Tensor, nn
 
-from ._checks import as_targets, check_same_placement, nonnegative_int, positive_int, positive_real
+from ._checks import as_inputs, as_targets, check_same_placement, nonnegative_int, positive_int, positive_real
 from .empirical import empirical_ntk
-from .layers.driver import check_inputs
 
 PROGRESS_MIN_STEPS = 1000  # progress=None shows a bar from this many steps on (on a terminal)
 MAX_DEFAULT_RECORDS = 1000  # record=None thins longer runs to about this many records
@@ -95,13 +94,13 @@ def train(
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
-    X, _ = check_inputs(X, None)
+    X, _ = as_inputs(X, None)
     n = X.shape[0]
     y = as_targets("y", y, n, like=X)
     lr = positive_real("lr", lr)
     steps = nonnegative_int("steps", steps)
     if X_test is not None:
-        X, X_test = check_inputs(X, X_test, names=("X", "X_test"))
+        X, X_test = as_inputs(X, X_test, names=("X", "X_test"))
     params = [p for p in model.parameters() if p.requires_grad]
     if not params:
         raise ValueError(f"model ({type(model).__name__}) has no trainable parameters (requires_grad=True)")
