@@ -6,9 +6,10 @@ A small, synchronous CDP client (one websocket, one tab), enough for the book's 
         report = browser.check(f"{base_url}/intro.html", screenshot=Path("intro.png"))
         assert not report.problems(), report.problems()
 
-`check` navigates, waits for the load event and for MathJax's first typeset, and collects
-JS exceptions, console errors, failed or non-local requests, broken images, untypeset math,
-raw TeX left in the prose, and a full-page screenshot. Every wait has a deadline, so a hung
+`check` navigates, waits for the load event and for MathJax's first typeset (or, for a page
+that renders itself, such as JupyterLab, for a `ready` expression to hold), and collects
+JS exceptions, console errors, failed or non-local requests (websockets included), broken images,
+untypeset math, raw TeX left in the prose, and a full-page screenshot. Every wait has a deadline, so a hung
 browser raises `BrowserError` instead of hanging the test run; the browser process and its
 temporary profile are removed however the `with` block ends.
 """
@@ -67,7 +68,8 @@ class PageReport:
     mjx_containers: int = 0
     tex_errors: list[str] = field(default_factory=list)  # TeX MathJax could not parse, undefined macros
     raw_tex: list[str] = field(default_factory=list)  # `\(`, `\[` or `$$` left in prose (not code)
-    mathjax: str = ""  # "typeset", "no math", or why MathJax did not finish
+    mathjax: str = ""  # "typeset", "no math", "not checked" (a `ready` page), or why MathJax did not finish
+    ready: Any = None  # the value of check()'s `ready` expression, when one was given
     screenshot: Path | None = None
 
     def problems(self) -> list[str]:
@@ -75,7 +77,7 @@ class PageReport:
         found += [f"failed request: {r}" for r in self.failed_requests]
         found += [f"request to a non-local host: {r}" for r in self.remote_requests]
         found += [f"image did not load: {src}" for src in self.broken_images]
-        if self.mathjax not in ("typeset", "no math"):
+        if self.mathjax not in ("typeset", "no math", "not checked"):
             found.append(f"MathJax: {self.mathjax}")
         if self.untypeset_math:
             found.append(f"{self.untypeset_math} of {self.math_elements} math elements not typeset by MathJax")
@@ -102,6 +104,19 @@ WAIT_FOR_MATHJAX = """(async (ms) => {
   return await Promise.race([MathJax.startup.promise.then(() => 'typeset'), timeout]);
 })(%d)"""
 
+# Runs in the page: polls an expression every 100 ms until it is truthy (returns its value) or
+# `ms` have passed (returns null). The expression may use `document` and `window` and await.
+WAIT_UNTIL = """(async (ms) => {
+  const deadline = Date.now() + ms;
+  for (;;) {
+    let value = null;
+    try { value = await (async () => (%s))(); } catch (e) { value = null; }
+    if (value) return value;
+    if (Date.now() > deadline) return null;
+    await new Promise(r => setTimeout(r, 100));
+  }
+})(%d)"""
+
 # Runs in the page: waits for every image to settle (lazy ones included), then reads the page.
 INSPECT = r"""(async () => {
   for (const img of document.images) if (img.loading === 'lazy') img.loading = 'eager';
@@ -111,7 +126,8 @@ INSPECT = r"""(async () => {
     setTimeout(r, 5000);
   })));
   const prose = document.body.cloneNode(true);
-  prose.querySelectorAll('pre, code, script, style, textarea, mjx-container').forEach(e => e.remove());
+  // .cm-editor: code in a CodeMirror editor (JupyterLab's cells)
+  prose.querySelectorAll('pre, code, script, style, textarea, mjx-container, .cm-editor').forEach(e => e.remove());
   const text = prose.textContent;
   const rawTex = [];  // one snippet around each stretch of raw TeX
   let shownUpTo = 0;
@@ -290,16 +306,36 @@ class Chromium:
             raise BrowserError(f"{url} did not finish loading: {error}") from None
         return result.get("loaderId", "")
 
+    def wait_until(self, expression: str, timeout: float | None = None) -> Any:
+        """Poll a JavaScript expression in the page until it is truthy and return its value.
+
+        Raises `BrowserError` when it is still falsy (or throws) after `timeout` seconds.
+        """
+        ms = int((timeout or self.timeout) * 1000)
+        value = self.evaluate(WAIT_UNTIL % (expression, ms), timeout=ms / 1000 + 5)
+        if not value:
+            raise BrowserError(f"not true within {ms / 1000:.0f} s in the page: {expression}")
+        return value
+
     # -- one page ------------------------------------------------------------------------------
-    def check(self, url: str, screenshot: Path | None = None) -> PageReport:
-        """Load `url` and report its errors, requests, images and math; save a screenshot."""
+    def check(self, url: str, screenshot: Path | None = None, ready: str | None = None) -> PageReport:
+        """Load `url` and report its errors, requests, images and math; save a screenshot.
+
+        `ready`: for a page that renders itself after its load event (JupyterLab), a JavaScript
+        expression to wait for (truthy, within the timeout; its value goes to `report.ready`)
+        instead of MathJax, whose typesetting such a page does with its own copy.
+        """
         # A blank page first, so that nothing the previous page still does is blamed on this one,
         # and no stored state (theme choice, ...): each page is checked as a first visit.
         self.navigate("about:blank")
         self.call("Storage.clearDataForOrigin", origin=origin(url), storageTypes="all")
         loader = self.navigate(url)
         report = PageReport(url=url)
-        report.mathjax = self.evaluate(WAIT_FOR_MATHJAX % int(self.timeout * 1000), timeout=self.timeout + 5)
+        if ready is None:
+            report.mathjax = self.evaluate(WAIT_FOR_MATHJAX % int(self.timeout * 1000), timeout=self.timeout + 5)
+        else:
+            report.mathjax = "not checked"
+            report.ready = self.wait_until(ready)
         page = self.evaluate(INSPECT, timeout=self.timeout)
         report.broken_images = page["brokenImages"]
         report.math_elements = page["mathElements"]
@@ -330,6 +366,7 @@ class Chromium:
         # Chromium asks for /favicon.ico on its own; a site without one is fine.
         browser_guess = origin(report.url) + "/favicon.ico"
         failed: dict[str, str] = {}  # URL -> its first failure (an HTTP 404 is also an aborted load)
+        answered: set[str] = set()  # requestIds the server answered with a status below 400
         for message in self._events:
             method, params = message["method"], message.get("params", {})
             if method == "Network.requestWillBeSent" and params.get("loaderId") == loader:
@@ -339,12 +376,21 @@ class Chromium:
                 requests[params["requestId"]] = url
                 if not is_local(url) and url not in report.remote_requests:
                     report.remote_requests.append(url)
+            elif method == "Network.webSocketCreated" and params["requestId"] not in requests:
+                # a websocket has no loaderId: every one opened while this page was shown is its own
+                requests[params["requestId"]] = params["url"]
+                if not is_local(params["url"]) and params["url"] not in report.remote_requests:
+                    report.remote_requests.append(params["url"])
             elif method == "Network.responseReceived" and params["requestId"] in requests:
                 response = params["response"]
                 if response["status"] >= 400 and is_local(response["url"]):
                     failed.setdefault(response["url"], f"HTTP {response['status']}")
+                else:
+                    answered.add(params["requestId"])
             elif method == "Network.loadingFailed" and params["requestId"] in requests:
                 url = requests[params["requestId"]]
+                if params.get("canceled") and params["requestId"] in answered:
+                    continue  # answered, then the page stopped reading a body it did not need
                 if is_local(url):  # non-local ones are already reported as such
                     failed.setdefault(url, params.get("errorText", "failed"))
             elif method == "Runtime.exceptionThrown":

@@ -151,3 +151,22 @@ def test_kernel_ridge_script_runs_end_to_end(tmp_path, monkeypatch):
     assert [row["n"] for row in rows] == [30]
     assert written["machine"]["torch"] == torch.__version__ and written["machine"]["cpus"] >= 1
     assert set(rows[0]["methods"]) == set(ridge.METHODS)
+
+
+def test_cnn_benchmark_kernels_are_the_books_network():
+    """The benchmark's ntklib network is the one its docstring states: its kernels on a few
+    images equal those of the same description written out here, and its peak-memory reading
+    sees an allocation made after the reset."""
+    cnn = load("cnn_kernels")
+    x = cnn.inputs(6, "float64", digits=False)
+    nngp, ntk = cnn.ntklib_kernels("gap")(x)
+    conv = lambda: nk.Conv(1, (3, 3), padding="same", W_std=2**0.5, b_std=0.1)  # noqa: E731
+    net = nk.serial(conv(), nk.Relu(), conv(), nk.Relu(), nk.GlobalAvgPool(), nk.Dense(1, W_std=1.0, b_std=0.1))
+    reference = net.kernels(torch.from_numpy(x))
+    assert x.shape == (6, 1, 8, 8)
+    torch.testing.assert_close(torch.from_numpy(nngp), reference.nngp, rtol=0, atol=0)
+    torch.testing.assert_close(torch.from_numpy(ntk), reference.ntk, rtol=0, atol=0)
+    before = cnn.reset_peak_memory()
+    block = torch.ones(64 * 2**20 // 8, dtype=torch.float64)  # 64 MiB, touched
+    assert cnn.peak_memory() - before > 60
+    del block

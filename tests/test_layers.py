@@ -50,6 +50,11 @@ CASES = {
     "residual dense": (_vectors(lambda k: [nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), nk.Dense(k, 1.2, 0.1)),
                                                                      nk.Identity()), nk.FanInSum(), nk.Gelu()]),
                        "vectors"),  # fmt: skip
+    # A skip branch that is not Gaussian (post-activation) next to a fresh Dense branch: allowed,
+    # since the fresh branch is zero-mean and independent of it (neural-tangents refuses it).
+    "residual non-Gaussian skip": (_vectors(lambda k: [nk.Relu(), nk.FanOut(2), nk.parallel(nk.Dense(k, 1.1, 0.2),
+                                                                                            nk.Identity()),
+                                                       nk.FanInSum()]), "vectors"),  # fmt: skip
     "Conv same": (_images(lambda k: [nk.Relu(), nk.Conv(k, 3, padding="same", W_std=1.2, b_std=0.2), nk.Relu()]),
                   "images"),  # fmt: skip
     "Conv valid strided": (_images(lambda k: [nk.Erf(), nk.Conv(k, 2, stride=(2, 1), padding="valid")]),
