@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test bench setup clean
+.PHONY: book test lab bench setup clean
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build -W -n --keep-going .
@@ -14,6 +14,11 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -p no:cacheprovider \
 		--nbval --nbval-current-env --nbval-sanitize-with tests/nbval_sanitize.cfg \
 		tests chapters
+
+# JupyterLab on chapters/, on 127.0.0.1 and offline, with this venv's kernel (ntkbook/lab.py):
+# prints the URL with its token and serves until Ctrl-C.
+lab: $(STAMP)
+	$(BIN)/python -m ntkbook.lab
 
 # Speed and memory figures (minutes; run on a quiet machine), written to benchmarks/results/.
 bench: $(STAMP)

@@ -3,45 +3,117 @@
 from __future__ import annotations
 
 import functools
+import os
 from typing import Callable
 
 import torch
 from torch import Tensor
 
-from ._checks import as_matrix, as_square, as_targets, check_same_placement, nonnegative_real
+from ._checks import (
+    as_matrix,
+    as_square,
+    as_targets,
+    check_finite,
+    check_floating,
+    check_same_placement,
+    nonnegative_real,
+    positive_int,
+    positive_real,
+)
 from .kernels import gaussian_kernel
 
 Kernel = Callable[[Tensor, Tensor], Tensor]
+SOLVERS = ("cholesky", "pcg")
+DEFAULT_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}  # relative residual; see solve_kernel_system
+DEFAULT_RANK = 500  # Nystrom landmarks of the PCG preconditioner
 
 
-def solve_kernel_system(K: Tensor, y: Tensor, ridge: float = 0.0) -> Tensor:
-    """Solve (K + ridge I) alpha = y by Cholesky factorisation.
+def solve_kernel_system(
+    K: Tensor | str | os.PathLike,
+    y: Tensor,
+    ridge: float = 0.0,
+    *,
+    solver: str = "cholesky",
+    tol: float | None = None,
+    max_iter: int = 100,
+    rank: int = DEFAULT_RANK,
+    seed: int = 0,
+    return_info: bool = False,
+):
+    """Solve (K + ridge I) alpha = y, by Cholesky factorisation or by preconditioned conjugate gradients.
 
-    Raises a ValueError when K + ridge I is not numerically positive definite (a non-PSD K, or a
-    singular one with ridge = 0), rather than returning a meaningless alpha. The test is the
-    Cholesky pivots: (min_i L_ii / max_i L_ii)^2 estimates 1 / cond(K + ridge I), and below
-    n * eps the solution would carry no correct digits.
+    ``solver="cholesky"`` (K in memory, O(n^3)): raises a ValueError when K + ridge I is not
+    numerically positive definite (a non-PSD K, or a singular one with ridge = 0), rather than
+    returning a meaningless alpha. The test is the Cholesky pivots: (min_i L_ii / max_i L_ii)^2
+    estimates 1 / cond(K + ridge I), and below n * eps the solution would carry no correct digits.
+    The checks ride on the factorisation: the ridge is added to the diagonal of the one copy that
+    is factorised, NaN or inf in K's lower triangle (the one read) make it fail, and only then is
+    K scanned to name them; one sum over K catches them in the upper triangle.
+
+    ``solver="pcg"`` (:mod:`ntklib.pcg`): conjugate gradients with a Nystrom preconditioner of
+    ``rank`` landmarks drawn with ``seed``, touching K only through products with it, so K can be
+    an ``.npy`` file (from :func:`ntklib.kernel_matrix` with ``out=``) streamed in row bands, never
+    all in memory. It stops when |y - (K + ridge I) alpha| <= tol |y| for every column of y, or
+    after ``max_iter`` iterations with a RuntimeWarning. Needs ridge > 0.
 
     Args:
-        K: (n, n) symmetric kernel matrix.
-        y: (n,) or (n, k) targets.
-        ridge: lambda >= 0.
+        K: (n, n) symmetric kernel matrix; for "pcg" also the path of an (n, n) ``.npy`` file.
+        y: (n,) or (n, k) targets, K's dtype (on K's device; on any device for a file).
+        ridge: lambda >= 0 (> 0 for "pcg").
+        solver: "cholesky" or "pcg".
+        tol: "pcg": relative residual to reach (default 1e-8 for float64 K, 1e-4 for float32,
+            whose products carry about 1e-7 relative error).
+        max_iter: "pcg": iteration cap. rank: "pcg": Nystrom landmarks (memory n x rank floats).
+        seed: "pcg": seeds the draw of the landmarks.
+        return_info: also return a :class:`ntklib.pcg.SolveInfo` (iterations, final residual).
 
     Returns:
-        The dual coefficients alpha, the same shape as y.
+        The dual coefficients alpha, the same shape as y; ``(alpha, info)`` with ``return_info``.
     """
-    K = as_square("K", K)
-    y = as_targets("y", y, K.shape[0], like=K, like_name="K")
+    if solver not in SOLVERS:
+        raise ValueError(f"unknown solver {solver!r}; expected one of: {', '.join(SOLVERS)}")
     ridge = nonnegative_real("ridge", ridge)
+    if solver == "cholesky":
+        if isinstance(K, (str, os.PathLike)):
+            raise TypeError("solver='cholesky' needs K in memory as a tensor; for a matrix in a file use solver='pcg'")
+        alpha, info = _cholesky(K, y, ridge, return_info)
+    else:
+        from .tiled import DenseOperator, NpyOperator
+
+        if isinstance(K, (str, os.PathLike)):
+            operator = NpyOperator(K)
+            y = _targets_for(y, operator)
+        else:
+            K = as_square("K", K)
+            y = as_targets("y", y, K.shape[0], like=K, like_name="K")
+            operator = DenseOperator(K)
+        alpha, info = _pcg(operator, y, ridge, tol, max_iter, rank, seed)
+    return (alpha, info) if return_info else alpha
+
+
+def _cholesky(K: Tensor, y: Tensor, ridge: float, residual: bool):
+    from .pcg import SolveInfo
+
+    if not isinstance(K, Tensor):
+        raise TypeError(f"K must be a torch.Tensor of shape (n, n); got {type(K).__name__}")
+    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
+        as_square("K", K.reshape(-1, 1) if K.ndim == 1 else K)  # raises the usual message
+        raise ValueError(f"K must be square (n, n); got shape {tuple(K.shape)}")
+    check_floating("K", K)
+    y = as_targets("y", y, K.shape[0], like=K, like_name="K")
     n = K.shape[0]
-    A = K + ridge * torch.eye(n, dtype=K.dtype, device=K.device)
-    L, info = torch.linalg.cholesky_ex(A)
-    if int(info) != 0:
+    A = K.clone()  # the one n x n copy: factorised in place
+    A.diagonal().add_(ridge)
+    L, info = torch.linalg.cholesky_ex(A, out=(A, torch.empty((), dtype=torch.int32, device=K.device)))
+    pivots = L.diagonal()
+    if int(info) != 0 or not bool(torch.isfinite(pivots).all()):
+        check_finite("K", K)  # non-finite values make the factorisation fail: name them
         raise ValueError(
             f"K + ridge*I is not positive definite (Cholesky failed at column {int(info)}, ridge={ridge}): "
             "the kernel matrix is singular or not PSD; use ridge > 0 or check the kernel"
         )
-    pivots = L.diagonal()
+    if not bool(torch.isfinite(K.sum())):  # the upper triangle, which the factorisation does not read
+        check_finite("K", K)
     inverse_condition = float((pivots.min() / pivots.max()) ** 2)
     if inverse_condition < n * torch.finfo(K.dtype).eps:
         raise ValueError(
@@ -50,7 +122,49 @@ def solve_kernel_system(K: Tensor, y: Tensor, ridge: float = 0.0) -> Tensor:
         )
     rhs = y[:, None] if y.ndim == 1 else y
     alpha = torch.cholesky_solve(rhs, L)
-    return alpha[:, 0] if y.ndim == 1 else alpha
+    alpha = alpha[:, 0] if y.ndim == 1 else alpha
+    info = None
+    if residual:
+        R = (rhs - K @ alpha.reshape(n, -1) - ridge * alpha.reshape(n, -1)).norm(dim=0)
+        relative = float((R / rhs.norm(dim=0).clamp_min(torch.finfo(K.dtype).tiny)).max())
+        info = SolveInfo("cholesky", 0, relative, True)
+    return alpha, info
+
+
+def _targets_for(y: object, operator) -> Tensor:
+    """y for a K in a file: any device, the file's dtype."""
+    if not isinstance(y, Tensor):
+        raise TypeError(f"y must be a torch.Tensor of shape (n,) or (n, k); got {type(y).__name__}")
+    probe = torch.empty(0, dtype=operator.dtype, device=y.device)
+    return as_targets("y", y, operator.n, like=probe, like_name=f"K (in {operator.path.name})")
+
+
+def _pcg(operator, y: Tensor, ridge: float, tol, max_iter, rank, seed):
+    from .pcg import NystromPreconditioner, conjugate_gradients
+
+    if ridge <= 0:
+        raise ValueError("solver='pcg' needs ridge > 0: the preconditioner and CG's convergence rest on it")
+    tol = DEFAULT_TOL.get(operator.dtype, 1e-4) if tol is None else positive_real("tol", tol)
+    max_iter, rank = positive_int("max_iter", max_iter), positive_int("rank", rank)
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise TypeError(f"seed must be an integer; got {seed!r}")
+    generator = torch.Generator().manual_seed(seed)
+    eps = torch.finfo(operator.dtype).eps
+
+    def rows(index: Tensor) -> Tensor:
+        values = operator.rows(index.to(operator.device)).to(y.device)
+        check_finite(f"K's rows {index.tolist()[:3]}...", values)
+        return values
+
+    def matmul(V: Tensor) -> Tensor:
+        out = operator.matmul(V.to(operator.device)).to(y.device)
+        if not bool(torch.isfinite(out).all()):
+            bad = torch.nonzero(~torch.isfinite(out).all(1))[:, 0]
+            raise ValueError(f"K contains NaN or infinite values (rows {bad[:5].tolist()} of its products)")
+        return out
+
+    precondition = NystromPreconditioner(rows, operator.n, rank, ridge, generator, y.device, eps)
+    return conjugate_gradients(matmul, y, ridge, precondition, tol, max_iter)
 
 
 class KernelRidge:

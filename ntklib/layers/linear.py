@@ -28,7 +28,7 @@ from torch.nn import functional as F
 from .._checks import PARAMETERIZATIONS, check_parameterization, nonnegative_real, positive_int
 from .base import Layer, LayerError
 from .spatial import PADDINGS, pad_images, padding_amounts, patches, window_sum
-from .state import KernelState, pair_gram
+from .state import KernelState, pair_gram, self_gram
 
 
 def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator | None, dtype: torch.dtype,
@@ -59,6 +59,15 @@ class _Weighted(Layer):
         inputs each output sees (one feature for Dense, the filter window for Conv)."""
         summed = state.map_tensors(total)
         return self._affine(state, summed.nngp, summed.ntk, summed.cov1, summed.cov2, fan_in, count, shape)
+
+    def _from_features(self, A, B, same, layout, out_shape, in_shape):
+        """The state after this layer from the features each output unit sees, (n, F, P)."""
+        spatial = out_shape[1:]
+        sigma = pair_gram(A, B, spatial, layout.full)
+        cov1 = None if same else self_gram(A, spatial, layout.cov_full)
+        cov2 = None if same else self_gram(B, spatial, layout.cov_full)
+        state = KernelState(sigma, sigma, cov1, cov2, in_shape, layout.full, same, cov_full=layout.cov_full)
+        return self._affine(state, sigma, None, cov1, cov2, A.shape[1], 1, out_shape)
 
     def _affine(self, state, sigma, theta, cov1, cov2, fan_in: int, count: int, shape: tuple[int, ...]):
         """The new state from the input covariances summed over ``count`` inputs (their mean
@@ -115,13 +124,8 @@ class Dense(_Weighted):
 
     def kernel_of_inputs(self, X: Tensor, Z: Tensor, same: bool, layout):
         """The kernel rule on the inputs directly: Sigma = x.z / d, and an NTK of 0 below."""
-        self.output_shape(tuple(X.shape[1:]))  # vectors only
-        d = X.shape[1]
-        sigma = (X @ Z.T).div_(d)
-        cov1 = None if same else (X * X).sum(1).div_(d)
-        cov2 = None if same else (Z * Z).sum(1).div_(d)
-        state = KernelState(sigma, sigma, cov1, cov2, (d,), False, same)
-        return self._affine(state, sigma, None, cov1, cov2, d, 1, (self.out,))
+        out_shape = self.output_shape(tuple(X.shape[1:]))  # vectors only
+        return self._from_features(X[:, :, None], Z[:, :, None], same, layout, out_shape, tuple(X.shape[1:]))
 
 
 class DenseModule(nn.Module):
@@ -270,11 +274,8 @@ class Conv(_Weighted):
         out_shape = self.output_shape(tuple(X.shape[1:]))
         patches_x = patches(X, self.filter_shape, self.stride, self.padding)  # (n1, C F, P)
         patches_z = patches_x if same else patches(Z, self.filter_shape, self.stride, self.padding)
-        sigma = pair_gram(patches_x, patches_z, out_shape[1:], layout.full)
-        cov1 = None if same else pair_gram(patches_x, None, out_shape[1:], layout.cov_full)
-        cov2 = None if same else pair_gram(patches_z, None, out_shape[1:], layout.cov_full)
-        state = KernelState(sigma, sigma, cov1, cov2, tuple(X.shape[1:]), layout.full, same, cov_full=layout.cov_full)
-        return self._affine(state, sigma, None, cov1, cov2, patches_x.shape[1], 1, out_shape)
+        return self._from_features(patches_x, patches_z, same, layout, out_shape, tuple(X.shape[1:]))
+
 
 
 class ConvModule(nn.Module):

@@ -82,11 +82,6 @@ class KernelState:
         """The spatial shape S: () for vectors, (H, W) or (L,) for images."""
         return self.shape[1:]
 
-    @property
-    def pair_ndim(self) -> int:
-        """Number of trailing pixel dimensions of ``nngp``: 0, len(S) or 2 len(S)."""
-        return len(self.spatial) * (2 if self.full else 1)
-
     def pixel_variances(self) -> tuple[Tensor, Tensor]:
         """Per-pixel variances of the rows and the columns, shaped to broadcast against
         ``nngp``: (n1, 1, *S, 1...) and (1, n2, 1..., *S) in the full layout, (n1, 1, *S) and
@@ -137,24 +132,31 @@ class Layout(NamedTuple):
     cov_full: bool  # the inputs' variances over all pixel pairs
 
 
-def pair_gram(A: Tensor, B: Tensor | None, spatial: tuple[int, ...], full: bool) -> Tensor:
-    """sum_f A[i, f, p] B[j, f, q] / F for all pixel pairs, (n1, n2, *S, *S), or for p = q,
-    (n1, n2, *S); with B None, each input with itself: (n1, *S, *S) or (n1, *S).
+def pair_gram(A: Tensor, B: Tensor, spatial: tuple[int, ...], full: bool) -> Tensor:
+    """sum_f A[i, f, p] B[j, f, q] / F: (n1, n2, *S, *S) over all pixel pairs, (n1, n2, *S) for
+    p = q only, (n1, n2) for vectors.
 
-    A, B: (n, F, P) features per pixel (channels, or patches for a convolution).
+    A: (n1, F, P), B: (n2, F, P) features per pixel (channels, or patches for a convolution);
+    P = 1 for vectors.
     """
     n1, features, size = A.shape
-    if B is None:  # self covariances
-        if full:
-            return torch.bmm(A.transpose(1, 2), A).div_(features).reshape(n1, *spatial, *spatial)
-        return (A * A).sum(1).div_(features).reshape(n1, *spatial)
     n2 = B.shape[0]
+    if size == 1:
+        return (A[:, :, 0] @ B[:, :, 0].T).div_(features).reshape(n1, n2, *spatial)
     if full:
         rows = A.transpose(1, 2).reshape(n1 * size, features)
         cols = B.transpose(1, 2).reshape(n2 * size, features)
         gram = (rows @ cols.T).div_(features).view(n1, size, n2, size).transpose(1, 2)  # (n1, n2, P, P)
         return gram.reshape(n1, n2, *spatial, *spatial)
     return torch.einsum("ifp,jfp->ijp", A, B).div_(features).reshape(n1, n2, *spatial)
+
+
+def self_gram(A: Tensor, spatial: tuple[int, ...], full: bool) -> Tensor:
+    """Each input with itself, as :func:`pair_gram`: (n, *S, *S), (n, *S) or (n,)."""
+    n, features, _ = A.shape
+    if full:
+        return torch.bmm(A.transpose(1, 2), A).div_(features).reshape(n, *spatial, *spatial)
+    return (A * A).sum(1).div_(features).reshape(n, *spatial)
 
 
 def input_state(X: Tensor, Z: Tensor, same: bool, layout: Layout) -> KernelState:
@@ -168,7 +170,7 @@ def input_state(X: Tensor, Z: Tensor, same: bool, layout: Layout) -> KernelState
     B = Z.reshape(Z.shape[0], Z.shape[1], -1)
     full, cov_full = layout.full and bool(spatial), layout.cov_full and bool(spatial)
     nngp = pair_gram(A, B, spatial, full)
-    cov1 = None if same else pair_gram(A, None, spatial, cov_full)
-    cov2 = None if same else pair_gram(B, None, spatial, cov_full)
+    cov1 = None if same else self_gram(A, spatial, cov_full)
+    cov2 = None if same else self_gram(B, spatial, cov_full)
     return KernelState(nngp=nngp, ntk=torch.zeros_like(nngp), cov1=cov1, cov2=cov2, shape=tuple(X.shape[1:]),
                        full=full, same=same, cov_full=cov_full)  # fmt: skip

@@ -1,0 +1,143 @@
+r"""Kernel ridge systems solved by conjugate gradients with a Nystrom preconditioner.
+
+Solves (K + ridge I) alpha = y touching K only through products K V (streamed from a store or
+recomputed tile by tile) and M of its rows, so K never needs to be in memory.
+
+Preconditioner (Frangella, Tropp & Udell 2023, "Randomized Nystrom preconditioning"): from M
+rows of K at uniformly drawn landmarks S, the Nystrom approximation
+K_hat = K[:, S] K[S, S]^+ K[S, :] = U diag(Lambda) U^T (U: n x M orthonormal) gives
+
+    P^-1 = (Lambda_M + ridge) U (Lambda + ridge I)^-1 U^T + (I - U U^T),
+
+which maps the M largest directions of K + ridge I to about Lambda_M + ridge, the size of the
+rest, so CG needs a number of iterations set by (lambda_{M+1}(K) + ridge) / ridge instead of
+lambda_1(K) / ridge. This is the preconditioner of Falkon (Rudi et al. 2017; Meanti et al.
+2020) applied to the full system: Falkon solves the M-dimensional Nystrom problem, whose answer
+differs from kernel ridge regression's; here the answer is alpha itself, equal to the Cholesky
+solution up to the tolerance.
+
+Why our own iteration rather than a library's: falkon is not on the package registries this
+project installs from (its wheels are built for older torch versions than our pin) and solves the
+Nystrom problem; ``linear_operator.utils.linear_cg`` (GPyTorch) takes a matmul closure but brings
+jaxtyping and GPyTorch's settings, and does not report the true residual; pykeops compiles
+formulas at run time and cannot express ntklib's layered kernels. The iteration is 30 lines.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, NamedTuple
+
+import torch
+from torch import Tensor
+
+
+class SolveInfo(NamedTuple):
+    """How a kernel system was solved.
+
+    Attributes:
+        solver: "cholesky" or "pcg".
+        iterations: CG iterations (0 for Cholesky).
+        residual: max over the columns of y of |y - (K + ridge I) alpha| / |y|, recomputed from
+            alpha at the end (one more product with K), not CG's running estimate.
+        converged: residual <= tol (always True for Cholesky).
+        history: CG's running residual (max over columns) after each iteration.
+    """
+
+    solver: str
+    iterations: int
+    residual: float
+    converged: bool
+    history: tuple[float, ...] = ()
+
+
+class NystromPreconditioner:
+    """P^-1 of the module docstring, from M rows of K (float64 whatever K's dtype)."""
+
+    def __init__(self, rows: Callable[[Tensor], Tensor], n: int, rank: int, ridge: float, generator: torch.Generator,
+                 device: torch.device, eps: float) -> None:  # fmt: skip
+        rank = min(rank, n)
+        landmarks = torch.randperm(n, generator=generator)[:rank].sort().values.to(device)  # (M,)
+        R = rows(landmarks).to(torch.float64)  # (M, n) = K[S, :]
+        K_SS = R[:, landmarks]
+        K_SS = (K_SS + K_SS.T) / 2
+        scale = float(K_SS.diagonal().abs().max())
+        shift = max(scale, torch.finfo(torch.float64).tiny) * rank * eps  # K's own rounding level
+        for _ in range(8):  # K[S, S] is PSD up to rounding: a small shift makes it definite
+            C, info = torch.linalg.cholesky_ex(K_SS + shift * torch.eye(rank, dtype=R.dtype, device=device))
+            if int(info) == 0:
+                break
+            shift *= 100
+        else:
+            raise ValueError(
+                f"K is not positive semi-definite: its {rank} x {rank} block at the Nystrom landmarks has no "
+                f"Cholesky factor even with {shift / 100:.1e} added to its diagonal; check the kernel"
+            )
+        B = torch.linalg.solve_triangular(C, R, upper=False).T  # (n, M): K_hat = B B^T
+        del R
+        U, sigma, _ = torch.linalg.svd(B, full_matrices=False)  # U (n, M)
+        self.U = U
+        self.eigenvalues = (sigma.square() - shift).clamp_min(0.0)  # Lambda (M,), decreasing
+        floor = float(self.eigenvalues[-1]) + ridge
+        self.scale = floor / (self.eigenvalues + ridge) - 1.0  # (M,): P^-1 = I + U diag(scale) U^T
+
+    def __call__(self, V: Tensor) -> Tensor:
+        """P^-1 V for V (n, k)."""
+        return V + self.U @ (self.scale[:, None] * (self.U.T @ V))
+
+
+def conjugate_gradients(matmul: Callable[[Tensor], Tensor], y: Tensor, ridge: float, precondition: Callable,
+                        tol: float, max_iter: int) -> tuple[Tensor, SolveInfo]:  # fmt: skip
+    """Preconditioned CG on (K + ridge I) alpha = y, one independent CG per column of y.
+
+    ``matmul`` maps (n, k) float64 to K @ V (n, k) float64. When CG's running residual reaches
+    ``tol``, the true residual is recomputed from alpha; if rounding left it above ``tol``
+    (float32 kernels), CG restarts from alpha on the true residual ("reliable updates"), until
+    it reaches tol, stops improving, or ``max_iter`` iterations are spent.
+    """
+    Y = y.to(torch.float64).reshape(y.shape[0], -1)  # (n, k)
+    norms = Y.norm(dim=0).clamp_min(torch.finfo(torch.float64).tiny)  # (k,)
+    alpha = torch.zeros_like(Y)
+    R = Y.clone()  # residual of alpha = 0
+    history: list[float] = []
+    iterations, best = 0, math.inf
+    while True:
+        active = R.norm(dim=0) / norms > tol  # (k,)
+        Zr = precondition(R)
+        P = Zr.clone()
+        rz = (R * Zr).sum(0)
+        while bool(active.any()) and iterations < max_iter:
+            AP = matmul(P) + ridge * P
+            pAp = (P * AP).sum(0)
+            if bool((pAp[active] <= 0).any()):
+                raise ValueError(
+                    f"K + ridge*I is not positive definite: conjugate gradients found a direction p with "
+                    f"p^T (K + ridge I) p <= 0 at iteration {iterations + 1} (ridge={ridge}); check the kernel"
+                )
+            step = torch.where(active, rz / torch.where(active, pAp, 1.0), 0.0)
+            alpha += step * P
+            R -= step * AP
+            iterations += 1
+            relative = R.norm(dim=0) / norms
+            history.append(float(relative.max()))
+            active = relative > tol
+            Zr = precondition(R)
+            rz_new = (R * Zr).sum(0)
+            beta = torch.where(active, rz_new / torch.where(active, rz, 1.0), 0.0)
+            P = Zr + beta * P
+            rz = rz_new
+        R = Y - matmul(alpha) - ridge * alpha  # the true residual
+        residual = float((R.norm(dim=0) / norms).max())
+        if residual <= tol or iterations >= max_iter or residual > 0.5 * best:
+            break
+        best = residual
+    converged = residual <= tol
+    info = SolveInfo("pcg", iterations, residual, converged, tuple(history))
+    if not converged:
+        why = "the iteration cap" if iterations >= max_iter else "rounding of K's products (restarts stopped helping)"
+        warnings.warn(
+            f"conjugate gradients stopped at relative residual {residual:.2e} > tol={tol:g} after {iterations} "
+            f"iterations ({why}); raise max_iter or rank, or loosen tol", RuntimeWarning, stacklevel=3
+        )  # fmt: skip
+    return alpha.to(y.dtype).reshape(y.shape), info
