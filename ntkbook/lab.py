@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import importlib.util
 import os
 import secrets
 import signal
@@ -71,7 +72,7 @@ def environment(token: str) -> dict[str, str]:
     # This environment's kernel spec before any "python3" in the user's own Jupyter folders,
     # so that the chapters run on the interpreter that has ntklib.
     env["JUPYTER_PREFER_ENV_PATH"] = "1"
-    # Read after the user's own config folder (~/.jupyter), before the environment's.
+    # The lab's own config folder, added to the user's (~/.jupyter) and the environment's.
     env["JUPYTER_CONFIG_PATH"] = os.pathsep.join(
         [str(CONFIG), *filter(None, [os.environ.get("JUPYTER_CONFIG_PATH")])])
     return env
@@ -116,10 +117,10 @@ def wait_until_ready(process: subprocess.Popen, port: int, token: str, timeout: 
     while time.monotonic() < deadline:
         if process.poll() is not None:
             raise RuntimeError(f"JupyterLab exited with status {process.returncode} before it answered")
-        with contextlib.suppress(OSError):  # refused, reset, or not yet answering
-            with urllib.request.urlopen(request, timeout=2) as answer:
-                if answer.status == 200:
-                    return
+        # refused, reset, or not yet answering
+        with contextlib.suppress(OSError), urllib.request.urlopen(request, timeout=2) as answer:
+            if answer.status == 200:
+                return
         time.sleep(0.2)
     raise RuntimeError(f"JupyterLab did not answer on port {port} within {timeout:.0f} s")
 
@@ -142,6 +143,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if not 0 <= args.port < 65536:
         parser.error(f"--port must be in 0..65535, got {args.port}")
+
+    if importlib.util.find_spec("jupyterlab") is None:
+        print(f"error: jupyterlab is not installed for {sys.executable}; `make lab` installs "
+              "requirements.txt into .venv first", file=sys.stderr)
+        return 1
 
     port, note = choose_port(args.port)
     if note:

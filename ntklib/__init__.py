@@ -40,8 +40,10 @@ from .layers import (
 )
 from .mercer import MercerReport, mercer_check
 from .networks import MLP, mlp
+from .propagation import SignalPropagation, signal_propagation
 from .ridge import KernelRidge, solve_kernel_system
 from .training import Trajectory, train
+from .trajectory import KernelTracker, critical_learning_rate, kernel_distance
 
 __version__ = "0.2.0"
 
@@ -58,7 +60,9 @@ __all__ = [
     "Elementwise", "lift", "Kernels", "MLP", "mlp", "infinite_width_kernels", "infinite_width_kernels_by_depth",
     # finite networks
     "empirical_ntk", "linearize", "LinearizedModel", "monte_carlo_kernels", "MonteCarloKernels", "train",
-    "Trajectory",
+    "Trajectory", "KernelTracker", "critical_learning_rate", "kernel_distance",
+    # signal propagation
+    "signal_propagation", "SignalPropagation",
     # dynamics
     "gradient_flow", "FlowPrediction", "Gaussian", "gp_inference", "nngp_ensemble", "ntk_ensemble",
     # devices

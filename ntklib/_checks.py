@@ -174,3 +174,20 @@ def _real(name: str, value: object) -> float:
     if not math.isfinite(value):
         raise ValueError(f"{name} must be finite; got {value}")
     return value
+
+
+def as_square_unscanned(name: str, K: object) -> Tensor:
+    """:func:`as_square` without the scan for NaN/inf (an O(n^2) pass), for callers whose next
+    step fails on such values anyway (a Cholesky factorisation) and then calls
+    :func:`check_finite` to name them. Same messages as ``as_square``."""
+    if not isinstance(K, Tensor):
+        raise TypeError(f"{name} must be a torch.Tensor of shape (n, d); got {type(K).__name__}")
+    if K.ndim != 2:
+        hint = f" (for 1-D inputs use {name}[:, None])" if K.ndim == 1 else ""
+        raise ValueError(f"{name} must be 2-D of shape (n, d); got shape {tuple(K.shape)}{hint}")
+    if K.shape[0] == 0 or K.shape[1] == 0:
+        raise ValueError(f"{name} is empty: shape {tuple(K.shape)}; need at least one row and one column")
+    check_floating(name, K)
+    if K.shape[0] != K.shape[1]:
+        raise ValueError(f"{name} must be square (n, n); got shape {tuple(K.shape)}")
+    return K

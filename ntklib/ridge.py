@@ -12,9 +12,9 @@ from torch import Tensor
 from ._checks import (
     as_matrix,
     as_square,
+    as_square_unscanned,
     as_targets,
     check_finite,
-    check_floating,
     check_same_placement,
     nonnegative_real,
     positive_int,
@@ -94,12 +94,7 @@ def solve_kernel_system(
 def _cholesky(K: Tensor, y: Tensor, ridge: float, residual: bool):
     from .pcg import SolveInfo
 
-    if not isinstance(K, Tensor):
-        raise TypeError(f"K must be a torch.Tensor of shape (n, n); got {type(K).__name__}")
-    if K.ndim != 2 or K.shape[0] != K.shape[1] or K.shape[0] == 0:
-        as_square("K", K.reshape(-1, 1) if K.ndim == 1 else K)  # raises the usual message
-        raise ValueError(f"K must be square (n, n); got shape {tuple(K.shape)}")
-    check_floating("K", K)
+    K = as_square_unscanned("K", K)
     y = as_targets("y", y, K.shape[0], like=K, like_name="K")
     n = K.shape[0]
     A = K.clone()  # the one n x n copy: factorised in place

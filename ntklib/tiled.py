@@ -293,6 +293,21 @@ def _run_on_dask(client, fn, get, X, Zs, symmetric, tile, todo, sink, bar) -> No
 
 
 # -- products with K without holding it: what solve_kernel_system(solver="pcg") uses -------------
+PRODUCT_ROWS = 1024  # rows of a float32 block widened to float64 at a time
+
+
+def _product(block: Tensor, V: Tensor) -> Tensor:
+    """block @ V for float64 V, in float64 whatever the block's dtype: a float32 block is widened
+    PRODUCT_ROWS rows at a time, so its products carry float64 rounding (float32 sums over n
+    terms would leave CG a residual floor near 1e-4)."""
+    if block.dtype == V.dtype:
+        return block @ V
+    out = torch.empty(block.shape[0], V.shape[1], dtype=V.dtype, device=V.device)
+    for start in range(0, block.shape[0], PRODUCT_ROWS):
+        out[start:start + PRODUCT_ROWS] = block[start:start + PRODUCT_ROWS].to(V.dtype) @ V
+    return out
+
+
 class DenseOperator:
     """K in memory (or a memory-mapped tensor)."""
 
@@ -300,7 +315,7 @@ class DenseOperator:
         self.K, self.n, self.dtype, self.device = K, K.shape[0], K.dtype, K.device
 
     def matmul(self, V: Tensor) -> Tensor:
-        return (self.K @ V.to(self.dtype)).to(V.dtype)
+        return _product(self.K, V)
 
     def rows(self, index: Tensor) -> Tensor:
         return self.K[index]
@@ -336,11 +351,10 @@ class NpyOperator:
 
     def matmul(self, V: Tensor) -> Tensor:
         out = torch.empty_like(V)
-        Vk = V.to(self.dtype)
         for start in range(0, self.n, self.band):
             stop = min(start + self.band, self.n)
             band = self._rows(start, stop)
-            out[start:stop] = (torch.from_numpy(np.asarray(band)).to(V.device) @ Vk).to(V.dtype)
+            out[start:stop] = _product(torch.from_numpy(np.asarray(band)).to(V.device), V)
             del band  # unmapped: its pages leave this process
         return out
 

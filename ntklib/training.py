@@ -19,6 +19,7 @@ from torch import Tensor, nn
 
 from ._checks import as_inputs, as_targets, check_same_placement, nonnegative_int, positive_int, positive_real
 from .empirical import empirical_ntk
+from .trajectory import KernelTracker
 
 PROGRESS_MIN_STEPS = 1000  # progress=None shows a bar from this many steps on (on a terminal)
 MAX_DEFAULT_RECORDS = 1000  # record=None thins longer runs to about this many records
@@ -63,6 +64,7 @@ def train(
     record: int | Sequence[int] | None = None,
     record_ntk: bool | int | Sequence[int] = False,
     ntk_method: str = "auto",
+    tracker: KernelTracker | None = None,
     progress: bool | None = None,
 ) -> Trajectory:
     """Full-batch gradient descent ``theta <- theta - lr grad L`` on ``L = 1/(2n) sum_i |f(x_i) - y_i|^2``
@@ -85,6 +87,9 @@ def train(
             None: every step, thinned to about 1000 records for longer runs.
         record_ntk: False; True (at the ``record`` steps); or its own int/sequence schedule.
             The empirical NTK on X by :func:`ntklib.empirical_ntk` with ``ntk_method``.
+        tracker: a :class:`ntklib.KernelTracker` of this model, which then records (kernel
+            distance, velocity, alignment, linearisation error) at the ``record_ntk`` steps, or
+            at the ``record`` steps when record_ntk is False, after its own last record; or None.
         progress: a tqdm bar on stderr; None shows it for >= 1000 steps on a terminal only
             (never under pytest or in a notebook kernel).
 
@@ -114,6 +119,11 @@ def train(
     else:
         ntk_steps = _schedule("record_ntk", record_ntk, steps, allow_empty=True)
     show = _show_progress(progress, steps)
+    if tracker is not None and not isinstance(tracker, KernelTracker):
+        raise TypeError(f"tracker must be an nk.KernelTracker; got {type(tracker).__name__}")
+    if tracker is not None and tracker.model is not model:
+        raise ValueError("tracker follows another model than the one being trained")
+    tracker_steps = set(ntk_steps if ntk_steps else record_steps)
 
     records, ntk_set = set(record_steps), set(ntk_steps)
     outputs, test_outputs, losses, ntks = [], [], [], []
@@ -140,6 +150,8 @@ def train(
                         test_outputs.append(_outputs(model, X_test, y, "X_test"))
             if step in ntk_set:
                 ntks.append(empirical_ntk(model, X, method=ntk_method))
+            if tracker is not None and step in tracker_steps and step > tracker.steps[-1]:
+                tracker.record(step)
             if step == steps:
                 break
             grads = torch.autograd.grad(loss, params)

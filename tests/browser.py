@@ -7,11 +7,11 @@ A small, synchronous CDP client (one websocket, one tab), enough for the book's 
         assert not report.problems(), report.problems()
 
 `check` navigates, waits for the load event and for MathJax's first typeset (or, for a page
-that renders itself, such as JupyterLab, for a `ready` expression to hold), and collects
-JS exceptions, console errors, failed or non-local requests (websockets included), broken images,
-untypeset math, raw TeX left in the prose, and a full-page screenshot. Every wait has a deadline, so a hung
-browser raises `BrowserError` instead of hanging the test run; the browser process and its
-temporary profile are removed however the `with` block ends.
+that renders itself, such as JupyterLab, for a `ready` expression to hold), and collects JS
+exceptions, console errors, failed or non-local requests (websockets included), broken images,
+untypeset math, raw TeX left in the prose, and a full-page screenshot. Every wait has a
+deadline, so a hung browser raises `BrowserError` instead of hanging the test run; the browser
+process and its temporary profile are removed however the `with` block ends.
 """
 
 from __future__ import annotations
@@ -59,6 +59,7 @@ class PageReport:
     """What one page did in the browser. `problems()` lists everything that is wrong."""
 
     url: str
+    requests: list[str] = field(default_factory=list)  # every URL the page asked for (websockets too)
     js_errors: list[str] = field(default_factory=list)  # uncaught exceptions, console/log errors
     failed_requests: list[str] = field(default_factory=list)  # local requests that failed or got >= 400
     remote_requests: list[str] = field(default_factory=list)  # any request to a non-local host
@@ -104,14 +105,14 @@ WAIT_FOR_MATHJAX = """(async (ms) => {
   return await Promise.race([MathJax.startup.promise.then(() => 'typeset'), timeout]);
 })(%d)"""
 
-# Runs in the page: polls an expression every 100 ms until it is truthy (returns its value) or
-# `ms` have passed (returns null). The expression may use `document` and `window` and await.
+# Runs in the page: polls an expression every 100 ms until it is truthy (returns its value, or
+# true for a DOM node) or `ms` have passed (returns null). The expression may await.
 WAIT_UNTIL = """(async (ms) => {
   const deadline = Date.now() + ms;
   for (;;) {
     let value = null;
     try { value = await (async () => (%s))(); } catch (e) { value = null; }
-    if (value) return value;
+    if (value) return value instanceof Node ? true : value;
     if (Date.now() > deadline) return null;
     await new Promise(r => setTimeout(r, 100));
   }
@@ -374,11 +375,13 @@ class Chromium:
                 if url == browser_guess:
                     continue
                 requests[params["requestId"]] = url
+                report.requests.append(url)
                 if not is_local(url) and url not in report.remote_requests:
                     report.remote_requests.append(url)
             elif method == "Network.webSocketCreated" and params["requestId"] not in requests:
                 # a websocket has no loaderId: every one opened while this page was shown is its own
                 requests[params["requestId"]] = params["url"]
+                report.requests.append(params["url"])
                 if not is_local(params["url"]) and params["url"] not in report.remote_requests:
                     report.remote_requests.append(params["url"])
             elif method == "Network.responseReceived" and params["requestId"] in requests:

@@ -315,8 +315,12 @@ class HermiteDual:
         coefficients = self._coefficients(unique, fn, what)
         index_a = inverse[: q_a.numel()].reshape(q_a.shape)
         index_b = inverse[q_a.numel():].reshape(q_b.shape)
+        terms = coefficients.shape[1]
+        if rho.numel() * terms <= 1 << 22:  # small: all powers at once, one reduction
+            powers = rho.unsqueeze(-1) ** torch.arange(terms, dtype=rho.dtype, device=rho.device)
+            return (coefficients[index_a] * coefficients[index_b] * powers).sum(-1)
         total = None
-        for k in range(coefficients.shape[1] - 1, -1, -1):  # Horner in rho
+        for k in range(terms - 1, -1, -1):  # Horner in rho, one pass per degree
             term = coefficients[:, k][index_a] * coefficients[:, k][index_b]
             total = term.expand_as(rho).clone() if total is None else total.mul_(rho).add_(term)
         return total
