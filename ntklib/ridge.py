@@ -24,7 +24,7 @@ from .kernels import gaussian_kernel
 
 Kernel = Callable[[Tensor, Tensor], Tensor]
 SOLVERS = ("cholesky", "pcg")
-DEFAULT_TOL = {torch.float64: 1e-8, torch.float32: 1e-4}  # relative residual; see solve_kernel_system
+DEFAULT_TOL = {torch.float64: 1e-8, torch.float32: 1e-5}  # relative residual; see solve_kernel_system
 DEFAULT_RANK = 500  # Nystrom landmarks of the PCG preconditioner
 
 
@@ -61,8 +61,9 @@ def solve_kernel_system(
         y: (n,) or (n, k) targets, K's dtype (on K's device; on any device for a file).
         ridge: lambda >= 0 (> 0 for "pcg").
         solver: "cholesky" or "pcg".
-        tol: "pcg": relative residual to reach (default 1e-8 for float64 K, 1e-4 for float32,
-            whose products carry about 1e-7 relative error).
+        tol: "pcg": relative residual to reach (default 1e-8 for float64 K; 1e-5 for float32,
+            whose entries' own rounding limits alpha's accuracy to about that). Products with K
+            are summed in float64 whatever its dtype, so any tolerance can be reached.
         max_iter: "pcg": iteration cap. rank: "pcg": Nystrom landmarks (memory n x rank floats).
         seed: "pcg": seeds the draw of the landmarks.
         return_info: also return a :class:`ntklib.pcg.SolveInfo` (iterations, final residual).
@@ -139,7 +140,7 @@ def _pcg(operator, y: Tensor, ridge: float, tol, max_iter, rank, seed):
 
     if ridge <= 0:
         raise ValueError("solver='pcg' needs ridge > 0: the preconditioner and CG's convergence rest on it")
-    tol = DEFAULT_TOL.get(operator.dtype, 1e-4) if tol is None else positive_real("tol", tol)
+    tol = DEFAULT_TOL.get(operator.dtype, 1e-3) if tol is None else positive_real("tol", tol)
     max_iter, rank = positive_int("max_iter", max_iter), positive_int("rank", rank)
     if isinstance(seed, bool) or not isinstance(seed, int):
         raise TypeError(f"seed must be an integer; got {seed!r}")
@@ -172,21 +173,55 @@ class KernelRidge:
         >>> model = KernelRidge(functools.partial(gaussian_kernel, sigma=0.5), ridge=1e-3)
         >>> model.fit(X, y).predict(Z)
 
+    ``solver="pcg"`` never forms K in memory (see :func:`solve_kernel_system`): with
+    ``store=None`` every product with K recomputes it tile by tile (``tile`` inputs per side);
+    with ``store=`` a directory, K is first computed there by :func:`ntklib.kernel_matrix`
+    (resumable; on Dask with ``client=``) and streamed from disk. ``predict`` then computes
+    k(Z, X) alpha a tile at a time.
+
     Attributes (after ``fit``):
         X_fit\_: (n, d) training inputs.
         dual_coef\_: alpha, (n,) or (n, k).
+        solve_info\_: a :class:`ntklib.pcg.SolveInfo`: solver, iterations, final relative residual.
     """
 
-    def __init__(self, kernel: Kernel = gaussian_kernel, ridge: float = 1.0) -> None:
+    def __init__(self, kernel: Kernel = gaussian_kernel, ridge: float = 1.0, *, solver: str = "cholesky",
+                 tol: float | None = None, max_iter: int = 100, rank: int = DEFAULT_RANK, tile: int | None = None,
+                 store: str | os.PathLike | None = None, client=None, seed: int = 0) -> None:  # fmt: skip
         if not callable(kernel):
             raise TypeError(f"kernel must be a function (X, Z) -> K; got {type(kernel).__name__}")
+        if solver not in SOLVERS:
+            raise ValueError(f"unknown solver {solver!r}; expected one of: {', '.join(SOLVERS)}")
+        if solver == "cholesky" and (store is not None or client is not None):
+            raise ValueError("store= and client= go with solver='pcg' (the Cholesky solver needs K in memory)")
+        from .tiled import DEFAULT_TILE
+
         self.kernel = kernel
         self.ridge = nonnegative_real("ridge", ridge)
+        if solver == "pcg":
+            if self.ridge <= 0:
+                raise ValueError("solver='pcg' needs ridge > 0: the preconditioner and CG's convergence rest on it")
+            tol = None if tol is None else positive_real("tol", tol)
+            max_iter, rank = positive_int("max_iter", max_iter), positive_int("rank", rank)
+        self.solver, self.tol, self.max_iter, self.rank, self.seed = solver, tol, max_iter, rank, seed
+        self.tile = DEFAULT_TILE if tile is None else positive_int("tile", tile)
+        self.store, self.client = store, client
 
     def fit(self, X: Tensor, y: Tensor) -> "KernelRidge":
         X = as_matrix("X", X)
         y = as_targets("y", y, X.shape[0], like=X)
-        self.dual_coef_ = solve_kernel_system(self.kernel(X, X), y, self.ridge)
+        if self.solver == "cholesky":
+            self.dual_coef_, self.solve_info_ = solve_kernel_system(self.kernel(X, X), y, self.ridge, return_info=True)
+        else:
+            from .tiled import NpyOperator, TileOperator, kernel_matrix
+
+            if self.store is None:
+                operator = TileOperator(self.kernel, X, tile=self.tile)
+            else:
+                kernel_matrix(self.kernel, X, tile=self.tile, out=self.store, client=self.client)
+                operator = NpyOperator(os.path.join(self.store, "kernel.npy"))
+            self.dual_coef_, self.solve_info_ = _pcg(operator, y, self.ridge, self.tol, self.max_iter, self.rank,
+                                                     self.seed)  # fmt: skip
         self.X_fit_ = X
         return self
 
@@ -198,10 +233,17 @@ class KernelRidge:
         check_same_placement(("X (fit)", "Z"), self.X_fit_, Z)
         if Z.shape[1] != self.X_fit_.shape[1]:
             raise ValueError(f"Z has d={Z.shape[1]} features but the model was fitted on d={self.X_fit_.shape[1]}")
-        return self.kernel(Z, self.X_fit_) @ self.dual_coef_
+        if self.solver == "cholesky":
+            return self.kernel(Z, self.X_fit_) @ self.dual_coef_
+        from .tiled import TileOperator
+
+        alpha = self.dual_coef_
+        out = TileOperator(self.kernel, self.X_fit_, tile=self.tile).products(Z, alpha.reshape(alpha.shape[0], -1))
+        return out.reshape(Z.shape[0], *alpha.shape[1:])
 
     def __repr__(self) -> str:
-        return f"KernelRidge(kernel={_describe(self.kernel)}, ridge={self.ridge:g})"
+        solver = "" if self.solver == "cholesky" else f", solver={self.solver!r}"
+        return f"KernelRidge(kernel={_describe(self.kernel)}, ridge={self.ridge:g}{solver})"
 
 
 def _describe(kernel: Kernel) -> str:

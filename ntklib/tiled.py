@@ -160,7 +160,7 @@ def _checked(raw: object, get: str | None, shape: tuple[int, int], where) -> tup
             raise TypeError(f"the kernel must return a floating-point (rows, cols) = {shape} matrix; got {got}")
         if not bool(torch.isfinite(value).all()):
             place = f" in rows {where[0].start}:{where[0].stop}, cols {where[1].start}:{where[1].stop}" if where else ""
-            check_finite(f"the kernel's {name} matrix{place}", value)
+            check_finite(("the kernel's values" if name == "kernel" else f"the kernel's {name}") + place, value)
     return names, values
 
 
@@ -293,18 +293,19 @@ def _run_on_dask(client, fn, get, X, Zs, symmetric, tile, todo, sink, bar) -> No
 
 
 # -- products with K without holding it: what solve_kernel_system(solver="pcg") uses -------------
-PRODUCT_ROWS = 1024  # rows of a float32 block widened to float64 at a time
+PRODUCT_ENTRIES = 1 << 22  # entries of a float32 block widened to float64 at a time (32 MiB)
 
 
 def _product(block: Tensor, V: Tensor) -> Tensor:
     """block @ V for float64 V, in float64 whatever the block's dtype: a float32 block is widened
-    PRODUCT_ROWS rows at a time, so its products carry float64 rounding (float32 sums over n
-    terms would leave CG a residual floor near 1e-4)."""
+    a few rows at a time, so its products carry float64 rounding (float32 sums over n terms
+    leave CG a residual floor near 1e-4; in float64 it reaches any tolerance)."""
     if block.dtype == V.dtype:
         return block @ V
     out = torch.empty(block.shape[0], V.shape[1], dtype=V.dtype, device=V.device)
-    for start in range(0, block.shape[0], PRODUCT_ROWS):
-        out[start:start + PRODUCT_ROWS] = block[start:start + PRODUCT_ROWS].to(V.dtype) @ V
+    rows = max(1, PRODUCT_ENTRIES // block.shape[1])
+    for start in range(0, block.shape[0], rows):
+        out[start:start + rows] = block[start:start + rows].to(V.dtype) @ V
     return out
 
 
@@ -371,19 +372,22 @@ class TileOperator:
     def __init__(self, kernel: Callable, X: Tensor, get: str | None = None, tile: int = DEFAULT_TILE) -> None:
         self.fn, self.X, self.get, self.tile = _as_function(kernel), X, get, positive_int("tile", tile)
         self.n, self.device = X.shape[0], X.device
-        self.dtype = _checked(self.fn(X[:1]), get, (1, 1), None)[1][0].dtype
+        names, (probe, *others) = _checked(self.fn(X[:1]), get, (1, 1), None)
+        if others:
+            raise ValueError("the kernel returns nk.Kernels(nngp, ntk): pick one, e.g. with get='ntk' or "
+                             "lambda X, Z=None: net.kernels(X, Z).ntk")  # fmt: skip
+        self.dtype = probe.dtype
 
     def matmul(self, V: Tensor) -> Tensor:
         X, n, tile = self.X, self.n, self.tile
         out = torch.zeros_like(V)
-        Vk = V.to(self.dtype)
         for i in range(math.ceil(n / tile)):
             for j in range(i, math.ceil(n / tile)):
                 rows, cols = _span(i, tile, n), _span(j, tile, n)
                 (block,) = compute_tile(self.fn, self.get, X[rows], None if i == j else X[cols], (rows, cols))
-                out[rows] += (block @ Vk[cols]).to(V.dtype)
+                out[rows] += _product(block, V[cols])
                 if i != j:
-                    out[cols] += (block.T @ Vk[rows]).to(V.dtype)
+                    out[cols] += _product(block.T, V[rows])
         return out
 
     def rows(self, index: Tensor) -> Tensor:
@@ -394,15 +398,12 @@ class TileOperator:
         return torch.cat(blocks, dim=1)
 
     def products(self, Z: Tensor, V: Tensor) -> Tensor:
-        """kernel(Z, X) @ V, (m, k), a tile at a time."""
+        """kernel(Z, X) @ V, (m, k) in V's dtype, a tile at a time."""
         X, n, tile = self.X, self.n, self.tile
-        Vk = V.to(self.dtype)
-        out = []
+        out = torch.zeros(Z.shape[0], V.shape[1], dtype=V.dtype, device=V.device)
         for start in range(0, Z.shape[0], tile):
-            part = Z[start:start + tile]
-            total = 0
+            rows = slice(start, min(start + tile, Z.shape[0]))
             for j in range(math.ceil(n / tile)):
                 cols = _span(j, tile, n)
-                total = total + compute_tile(self.fn, self.get, part, X[cols])[0] @ Vk[cols]
-            out.append(total)
-        return torch.cat(out).to(V.dtype)
+                out[rows] += compute_tile(self.fn, self.get, Z[rows], X[cols])[0] @ V[cols].to(self.dtype)
+        return out

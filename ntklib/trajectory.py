@@ -23,7 +23,7 @@ from .empirical import empirical_ntk, linearize
 
 
 def critical_learning_rate(ntk: Tensor) -> float:
-    """The largest stable step size of gradient descent on the book's loss 1/(2n) |f - y|^2
+    """The largest stable step size of gradient descent on the book's loss ``1/(2n) |f - y|^2``
     with a fixed kernel: 2n / lambda_max(Theta) (Lee et al. 2019; Lewkowycz et al. 2020), for
     Theta the (n, n) NTK on the training inputs (empirical or analytic)."""
     ntk = as_square("ntk", ntk)
@@ -34,7 +34,7 @@ def critical_learning_rate(ntk: Tensor) -> float:
 
 
 def kernel_distance(A: Tensor, B: Tensor) -> float:
-    """1 - <A, B>_F / (|A|_F |B|_F): 0 for kernels equal up to scale, at most 2 (Fort et al. 2020)."""
+    """``1 - <A, B>_F / (|A|_F |B|_F)``: 0 for kernels equal up to scale, at most 2 (Fort et al. 2020)."""
     return 1.0 - float((A * B).sum() / (A.norm() * B.norm()))
 
 
