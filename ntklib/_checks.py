@@ -10,7 +10,7 @@ import torch
 from torch import Tensor
 
 
-PARAMETERIZATIONS = ("ntk", "standard")
+PARAMETERIZATIONS = ("ntk", "standard", "mup")
 
 
 def check_parameterization(parameterization: object) -> str:

@@ -50,7 +50,7 @@ def infinite_width_kernels(
             layer such as ``nk.Elementwise(torch.tanh)``.
         W_std, b_std: weight and bias standard deviations; ``b_std=None`` means no bias
             (it matters only for "standard", where a bias adds 1 to the NTK per layer).
-        parameterization: "ntk" or "standard".
+        parameterization: "ntk" or "standard" ("mup" has no infinite-width kernels and raises).
         width: hidden width, needed only by "standard", whose NTK grows with it.
         negative_slope: slope for u < 0 of "leaky_relu".
         block_size: inputs per side of a block of input pairs (see ``Layer.kernels``).

@@ -199,7 +199,9 @@ def test_errors():
     X = torch.ones(3, 2, dtype=torch.float64)
     with pytest.raises(ValueError, match="unknown activation 'tanh'; expected one of: abs, erf, gelu, identity, leaky_relu, relu"):
         infinite_width_kernels(X, activation="tanh")
-    with pytest.raises(ValueError, match="unknown parameterization 'mup'"):
+    with pytest.raises(ValueError, match="unknown parameterization 'ntp'"):
+        infinite_width_kernels(X, parameterization="ntp")
+    with pytest.raises(ValueError, match="the maximal update parameterisation has no fixed infinite-width kernels"):
         infinite_width_kernels(X, parameterization="mup")
     with pytest.raises(ValueError, match="depth must be >= 1"):
         infinite_width_kernels(X, depth=0)

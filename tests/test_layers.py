@@ -318,7 +318,7 @@ def test_bad_networks_raise_naming_the_layer_and_the_shapes(make, in_shape, mess
         (lambda: nk.AvgPool(0), ValueError, r"window must be >= 1; got 0"),
         (lambda: nk.Conv(4, 3, padding="SAME"), ValueError, r"unknown padding 'SAME'; expected one of: 'valid', 'same', 'circular'"),
         (lambda: nk.AvgPool(2, padding="full"), ValueError, r"unknown padding 'full'"),
-        (lambda: nk.Dense(4, parameterization="mup"), ValueError, r"unknown parameterization 'mup'"),
+        (lambda: nk.Dense(4, parameterization="ntp"), ValueError, r"unknown parameterization 'ntp'; expected one of: ntk, standard, mup"),
         (lambda: nk.Dense(4, W_std=-1.0), ValueError, r"W_std must be >= 0; got -1.0"),
         (lambda: nk.serial(nk.Dense(4), "relu"), TypeError, r"serial: argument 1 is not an ntklib layer: 'relu'"),
     ],

@@ -140,7 +140,7 @@ def test_dense_layers_scale_weights_and_biases(W_std, b_std, parameterization, r
     [
         ({"activation": "tanh"}, ValueError, "unknown activation 'tanh'; expected one of: abs, erf, gelu, identity, leaky_relu, relu"),
         ({"activation": None}, TypeError, "activation must be a string"),
-        ({"parameterization": "mup"}, ValueError, "unknown parameterization 'mup'; expected one of: ntk, standard"),
+        ({"parameterization": "ntp"}, ValueError, "unknown parameterization 'ntp'; expected one of: ntk, standard, mup"),
         ({"depth": 0}, ValueError, "depth must be >= 1"),
         ({"width": 0}, ValueError, "width must be >= 1"),
         ({"width": 2.5}, TypeError, "width must be an integer"),

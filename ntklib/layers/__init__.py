@@ -14,7 +14,7 @@ LeakyRelu, Abs, Erf, Gelu, Elementwise, ...), ``spatial`` (window sums over pixe
 from .activations import ABRelu, Abs, Activation, Elementwise, Erf, Gelu, LeakyRelu, Linear, Relu
 from .base import FanInSum, FanOut, Identity, Layer, LayerError, Network, parallel, serial
 from .lift import lift
-from .linear import Conv, ConvModule, Dense, DenseModule
+from .linear import Conv, ConvModule, Dense, DenseModule, WeightModule, parameter_scales
 from .normalization import LayerNorm
 from .pooling import AvgPool, Flatten, GlobalAvgPool
 from .state import Kernels, KernelState
@@ -22,5 +22,6 @@ from .state import Kernels, KernelState
 __all__ = [
     "ABRelu", "Abs", "Activation", "AvgPool", "Conv", "ConvModule", "Dense", "DenseModule", "Elementwise", "Erf",
     "FanInSum", "FanOut", "Flatten", "Gelu", "GlobalAvgPool", "Identity", "Kernels", "KernelState", "Layer",
-    "LayerError", "LayerNorm", "LeakyRelu", "Linear", "Network", "Relu", "lift", "parallel", "serial",
+    "LayerError", "LayerNorm", "LeakyRelu", "Linear", "Network", "Relu", "WeightModule", "lift", "parallel",
+    "parameter_scales", "serial",
 ]  # fmt: skip

@@ -53,7 +53,7 @@ class Activation(Layer):
     def output_shape(self, in_shape):
         return self._single(in_shape)
 
-    def build(self, in_shape, generator, dtype, device) -> nn.Module:
+    def build(self, in_shape, context) -> nn.Module:
         return ActivationModule(self)
 
     def kernel(self, state):

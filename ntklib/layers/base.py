@@ -9,6 +9,7 @@ through a network are single (a shape, a state, a tensor) or, between :func:`Fan
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import torch
@@ -34,8 +35,7 @@ class Layer:
         :class:`LayerError` naming the layer and the shapes when the input does not fit."""
         raise NotImplementedError
 
-    def build(self, in_shape: Any, generator: torch.Generator | None, dtype: torch.dtype,
-              device: torch.device | str | None) -> nn.Module:  # fmt: skip
+    def build(self, in_shape: Any, context: "BuildContext") -> nn.Module:
         """The finite module for inputs of ``in_shape`` (already checked by output_shape)."""
         raise NotImplementedError
 
@@ -98,7 +98,8 @@ class Layer:
         if not isinstance(dtype, torch.dtype) or not dtype.is_floating_point:
             raise TypeError(f"dtype must be a floating-point torch.dtype; got {dtype!r}")
         self.output_shape(in_shape)
-        return Network(self, in_shape, self.build(in_shape, generator, dtype, device))
+        context = BuildContext(generator, dtype, device, mup_roles(self))
+        return Network(self, in_shape, self.build(in_shape, context))
 
     # -- helpers for subclasses ---------------------------------------------------------------
     def _single(self, value: Any) -> Any:
@@ -109,6 +110,33 @@ class Layer:
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}()"
+
+
+@dataclasses.dataclass(frozen=True)
+class BuildContext:
+    """What every finite module is built with: the random generator (drawing the parameters in
+    build order), dtype and device, and the muP role of each weight layer (see mup_roles)."""
+
+    generator: torch.Generator | None
+    dtype: torch.dtype
+    device: torch.device | str | None
+    roles: dict[int, str]
+
+
+def mup_roles(net: "Layer") -> dict[int, str]:
+    """The role of each weight layer in the "mup" parameterisation, which scales the first
+    (input) and the last (output) weight layer of the network unlike the others (hidden): by
+    execution order, branches one after the other. Keyed by id(layer)."""
+    weighted = [layer for layer in all_layers(net) if getattr(layer, "parameterization", None) is not None]
+    roles: dict[int, str] = {}
+    for index, layer in enumerate(weighted):
+        if layer.parameterization != "mup":
+            continue
+        role = "input" if index == 0 else "output" if index == len(weighted) - 1 else "hidden"
+        if roles.get(id(layer), role) != role:
+            raise LayerError(f"{layer!r} appears twice in the network with different muP roles; use two layer objects")
+        roles[id(layer)] = role
+    return roles
 
 
 def _as_shape(in_shape: object) -> tuple[int, ...]:
@@ -204,10 +232,10 @@ class Serial(Layer):
             in_shape = layer.output_shape(in_shape)
         return in_shape
 
-    def build(self, in_shape, generator, dtype, device):
+    def build(self, in_shape, context):
         modules = []
         for layer in self.layers:
-            modules.append(layer.build(in_shape, generator, dtype, device))
+            modules.append(layer.build(in_shape, context))
             in_shape = layer.output_shape(in_shape)
         return SerialModule(*modules)
 
@@ -261,9 +289,8 @@ class Parallel(Layer):
     def output_shape(self, in_shape):
         return [layer.output_shape(shape) for layer, shape in zip(self.layers, self._branches(in_shape))]
 
-    def build(self, in_shape, generator, dtype, device):
-        return ParallelModule([layer.build(shape, generator, dtype, device)
-                               for layer, shape in zip(self.layers, self._branches(in_shape))])  # fmt: skip
+    def build(self, in_shape, context):
+        return ParallelModule([layer.build(shape, context) for layer, shape in zip(self.layers, self._branches(in_shape))])
 
     def kernel(self, state):
         return [layer.kernel(branch) for layer, branch in zip(self.layers, self._branches(state))]
@@ -301,7 +328,7 @@ class FanOut(Layer):
     def output_shape(self, in_shape):
         return [self._single(in_shape)] * self.num
 
-    def build(self, in_shape, generator, dtype, device):
+    def build(self, in_shape, context):
         return FanOutModule(self.num)
 
     def kernel(self, state):
@@ -346,7 +373,7 @@ class FanInSum(Layer):
             raise LayerError("FanInSum receives a single input: it sums the branches of a FanOut")
         return values
 
-    def build(self, in_shape, generator, dtype, device):
+    def build(self, in_shape, context):
         return FanInSumModule()
 
     def kernel(self, states):
@@ -383,7 +410,7 @@ class Identity(Layer):
     def output_shape(self, in_shape):
         return in_shape
 
-    def build(self, in_shape, generator, dtype, device):
+    def build(self, in_shape, context):
         return nn.Identity()
 
     def kernel(self, state):

@@ -6,7 +6,9 @@ A layer with fan_in inputs (features, or channels x filter size) computes
   * "standard": h = W a + b,  W_ij ~ N(0, W_std^2 / fan_in), b_i ~ N(0, b_std^2).
 
 Both give the same function at initialisation; they differ in which numbers are trained, hence
-in the gradients and the NTK. ``b_std=None`` means no bias parameter (with "ntk", ``b_std=0``
+in the gradients and the NTK. A third, "mup" (the maximal update parameterisation), scales the
+first and last weight layers differently so that features keep learning as the width grows
+(Yang & Hu 2021); :func:`parameter_scales` gives all three. ``b_std=None`` means no bias parameter (with "ntk", ``b_std=0``
 keeps a bias whose gradient is zero, as in neural-tangents). Kernel rules, with Sigma the
 covariance of the layer's input per feature (channel) and Theta its NTK:
 
@@ -54,14 +56,24 @@ class _Weighted(Layer):
     def _scales(self) -> str:
         return f"W_std={self.W_std:g}, b_std={self.b_std}, parameterization={self.parameterization!r}"
 
+    def _no_mup_kernel(self) -> None:
+        if self.parameterization == "mup":
+            raise LayerError(
+                f"{self!r}: the maximal update parameterisation has no fixed infinite-width kernels (its "
+                "outputs vanish at initialisation and its NTK keeps moving while it trains, Yang & Hu 2021); "
+                "measure finite networks instead (nk.empirical_ntk, nk.KernelTracker)"
+            )
+
     def _update(self, state, fan_in: int, total, count: int, shape: tuple[int, ...]):
         """The kernel rule, with ``total(tensor, full)`` the layer's sum over the ``count``
         inputs each output sees (one feature for Dense, the filter window for Conv)."""
+        self._no_mup_kernel()
         summed = state.map_tensors(total)
         return self._affine(state, summed.nngp, summed.ntk, summed.cov1, summed.cov2, fan_in, count, shape)
 
     def _from_features(self, A, B, same, layout, out_shape, in_shape):
         """The state after this layer from the features each output unit sees, (n, F, P)."""
+        self._no_mup_kernel()
         spatial = out_shape[1:]
         sigma = pair_gram(A, B, spatial, layout.full)
         cov1 = None if same else self_gram(A, spatial, layout.cov_full)
@@ -96,7 +108,8 @@ class Dense(_Weighted):
             whose NTK grows with it, and for the finite network).
         W_std: weight standard deviation sigma_w >= 0.
         b_std: bias standard deviation sigma_b >= 0, or None for no bias.
-        parameterization: "ntk" or "standard" (module docstring).
+        parameterization: "ntk", "standard" or "mup" (module docstring; "mup" builds finite
+            networks only: it has no fixed infinite-width kernels).
     """
 
     def __init__(self, out_features: int, W_std: float = 1.0, b_std: float | None = None,
@@ -113,9 +126,10 @@ class Dense(_Weighted):
                              "pixels): put Flatten() or GlobalAvgPool() before it")  # fmt: skip
         return (self.out,)
 
-    def build(self, in_shape, generator, dtype, device):
+    def build(self, in_shape, context):
         return DenseModule(in_shape[0], self.out, self.W_std, self.b_std, self.parameterization,
-                           generator=generator, dtype=dtype, device=device)  # fmt: skip
+                           role=context.roles.get(id(self), "hidden"), generator=context.generator,
+                           dtype=context.dtype, device=context.device)  # fmt: skip
 
     def kernel(self, state):
         state = self._single(state)
@@ -128,7 +142,77 @@ class Dense(_Weighted):
         return self._from_features(X[:, :, None], Z[:, :, None], same, layout, out_shape, tuple(X.shape[1:]))
 
 
-class DenseModule(nn.Module):
+def parameter_scales(parameterization: str, W_std: float, b_std: float | None, fan_in: int, fan_out: int,
+                     role: str) -> tuple[float, float, float, float]:  # fmt: skip
+    """(weight init std, weight multiplier, bias init std, bias multiplier) of a layer: its
+    effective weights are ``multiplier * parameter``, so that plain SGD with one learning rate
+    trains every layer at the rate its parameterisation prescribes.
+
+      * "ntk": parameters N(0, 1), multipliers W_std / sqrt(fan_in) and b_std;
+      * "standard": parameters N(0, W_std^2 / fan_in) and N(0, b_std^2), multipliers 1;
+      * "mup", the maximal update parameterisation for SGD (Yang & Hu 2021; Yang et al. 2021,
+        Table 3): effective weights of variance v trained at the learning rate lr * m, with
+        v = W_std^2 / fan_in and m = fan_out for the input layer, v = W_std^2 / fan_in and m = 1
+        for hidden layers, v = W_std^2 / fan_in^2 and m = 1 / fan_in for the output layer, and
+        v = b_std^2, m = fan_out for every bias; realised as parameters N(0, v / m) with the
+        multiplier sqrt(m).
+    """
+    if parameterization == "ntk":
+        return 1.0, W_std / math.sqrt(fan_in), 1.0, (b_std or 0.0)
+    if parameterization == "standard":
+        return W_std / math.sqrt(fan_in), 1.0, (b_std or 0.0), 1.0
+    variance, rate = {"input": (W_std**2 / fan_in, fan_out), "hidden": (W_std**2 / fan_in, 1.0),
+                      "output": (W_std**2 / fan_in**2, 1.0 / fan_in)}[role]  # fmt: skip
+    bias = b_std or 0.0
+    return (math.sqrt(variance / rate), math.sqrt(rate), bias / math.sqrt(fan_out), math.sqrt(fan_out))
+
+
+class WeightModule(nn.Module):
+    """What the finite Dense and Conv layers share: their parameters, drawn weights first, then
+    biases, with the scales of :func:`parameter_scales`. ``bias`` is None when b_std is None.
+
+    Attributes:
+        weight: the weight parameter; bias: the bias parameter or None.
+        weight_scale, bias_scale: the multipliers of the parameters in the forward pass.
+    """
+
+    def _init_parameters(self, weight_shape: tuple[int, ...], fan_in: int, fan_out: int, W_std: float,
+                    b_std: float | None, parameterization: str, role: str, generator, dtype, device) -> None:  # fmt: skip
+        self.W_std = nonnegative_real("W_std", W_std)
+        self.b_std = None if b_std is None else nonnegative_real("b_std", b_std)
+        self.parameterization = check_parameterization(parameterization)
+        if role not in ROLES:
+            raise ValueError(f"unknown muP role {role!r}; expected one of: {', '.join(ROLES)}")
+        self.role = role
+        dtype = torch.get_default_dtype() if dtype is None else dtype
+        weight_std, self.weight_scale, bias_std, bias_scale = parameter_scales(
+            self.parameterization, self.W_std, self.b_std, fan_in, fan_out, role)  # fmt: skip
+        self.weight = nn.Parameter(_normal(weight_shape, weight_std, generator, dtype, device))
+        if self.b_std is None:
+            self.register_parameter("bias", None)
+            self.bias_scale = 0.0
+        else:
+            self.bias = nn.Parameter(_normal((weight_shape[0],), bias_std, generator, dtype, device))
+            self.bias_scale = bias_scale
+
+    def _affine(self, out: Tensor, spatial_ndim: int) -> Tensor:
+        """weight_scale * out + bias_scale * bias, the bias broadcast over pixels."""
+        if self.weight_scale != 1.0:
+            out = out * self.weight_scale
+        if self.bias is not None:
+            bias = self.bias if self.bias_scale == 1.0 else self.bias_scale * self.bias
+            out = out + bias.view(-1, *([1] * spatial_ndim))
+        return out
+
+    def _scales_repr(self) -> str:
+        role = f", role={self.role!r}" if self.parameterization == "mup" else ""
+        return f"W_std={self.W_std:g}, b_std={self.b_std}, parameterization={self.parameterization!r}{role}"
+
+
+ROLES = ("input", "hidden", "output")
+
+
+class DenseModule(WeightModule):
     """The finite layer of :class:`~ntklib.Dense`: ``forward(x) = weight_scale x weight^T + bias_scale bias``.
 
     ======================  ======================  =========================
@@ -136,9 +220,11 @@ class DenseModule(nn.Module):
     ======================  ======================  =========================
     "ntk"                   W_std / sqrt(fan_in)    b_std
     "standard"              1                       1
+    "mup"                   sqrt(m)                 sqrt(fan_out)
     ======================  ======================  =========================
 
-    and ``bias_scale = 0`` when ``b_std is None`` (then ``bias`` is None).
+    (m by role, see :func:`parameter_scales`), and ``bias_scale = 0`` when ``b_std is None``
+    (then ``bias`` is None).
 
     Attributes:
         weight: (fan_out, fan_in) parameter.
@@ -147,40 +233,20 @@ class DenseModule(nn.Module):
     """
 
     def __init__(self, fan_in: int, fan_out: int, W_std: float = 1.0, b_std: float | None = 0.0,
-                 parameterization: str = "ntk", *, generator: torch.Generator | None = None,
+                 parameterization: str = "ntk", *, role: str = "hidden", generator: torch.Generator | None = None,
                  dtype: torch.dtype | None = None, device: torch.device | str | None = None) -> None:  # fmt: skip
         super().__init__()
         self.fan_in = positive_int("fan_in", fan_in)
         self.fan_out = positive_int("fan_out", fan_out)
-        self.W_std = nonnegative_real("W_std", W_std)
-        self.b_std = None if b_std is None else nonnegative_real("b_std", b_std)
-        self.parameterization = check_parameterization(parameterization)
-        dtype = torch.get_default_dtype() if dtype is None else dtype
-        standard = self.parameterization == "standard"
-        # "standard" puts the scales into the initial values; "ntk" into the forward pass.
-        weight_std = self.W_std / math.sqrt(self.fan_in) if standard else 1.0
-        self.weight = nn.Parameter(_normal((self.fan_out, self.fan_in), weight_std, generator, dtype, device))
-        self.weight_scale = 1.0 if standard else self.W_std / math.sqrt(self.fan_in)
-        if self.b_std is None:
-            self.register_parameter("bias", None)
-            self.bias_scale = 0.0
-        else:
-            bias_std = self.b_std if standard else 1.0
-            self.bias = nn.Parameter(_normal((self.fan_out,), bias_std, generator, dtype, device))
-            self.bias_scale = 1.0 if standard else self.b_std
+        self._init_parameters((self.fan_out, self.fan_in), self.fan_in, self.fan_out, W_std, b_std, parameterization,
+                         role, generator, dtype, device)  # fmt: skip
 
     def forward(self, x: Tensor) -> Tensor:
         """(n, fan_in) -> (n, fan_out)."""
-        out = x @ self.weight.T
-        if self.weight_scale != 1.0:
-            out = out * self.weight_scale
-        if self.bias is not None:
-            out = out + (self.bias if self.bias_scale == 1.0 else self.bias_scale * self.bias)
-        return out
+        return self._affine(x @ self.weight.T, 0)
 
     def extra_repr(self) -> str:
-        return (f"fan_in={self.fan_in}, fan_out={self.fan_out}, W_std={self.W_std:g}, b_std={self.b_std}, "
-                f"parameterization={self.parameterization!r}")  # fmt: skip
+        return f"fan_in={self.fan_in}, fan_out={self.fan_out}, {self._scales_repr()}"
 
 
 def _as_tuple(name: str, value: object, size: int) -> tuple[int, ...]:
@@ -253,9 +319,10 @@ class Conv(_Weighted):
             raise LayerError(f"{self!r} expects {kind} but receives inputs of shape {in_shape}")
         return (self.out, *spatial_output(self, in_shape[1:], self.filter_shape, self.stride, self.padding, "filter"))
 
-    def build(self, in_shape, generator, dtype, device):
+    def build(self, in_shape, context):
         return ConvModule(in_shape[0], self.out, self.filter_shape, self.stride, self.padding, self.W_std, self.b_std,
-                          self.parameterization, generator=generator, dtype=dtype, device=device)  # fmt: skip
+                          self.parameterization, role=context.roles.get(id(self), "hidden"),
+                          generator=context.generator, dtype=context.dtype, device=context.device)  # fmt: skip
 
     def kernel(self, state):
         state = self._single(state)
@@ -278,10 +345,10 @@ class Conv(_Weighted):
 
 
 
-class ConvModule(nn.Module):
+class ConvModule(WeightModule):
     """The finite layer of :class:`~ntklib.Conv`: pad (JAX's rules), then
-    ``weight_scale conv(x, weight) + bias_scale bias`` with the scales of :class:`DenseModule`
-    and fan_in = in_channels * filter size.
+    ``weight_scale conv(x, weight) + bias_scale bias`` with the scales of :class:`DenseModule`,
+    fan_in = in_channels * filter size and fan_out = out_channels.
 
     Attributes:
         weight: ``(out_channels, in_channels, *filter_shape)`` parameter.
@@ -290,25 +357,14 @@ class ConvModule(nn.Module):
 
     def __init__(self, in_channels: int, out_channels: int, filter_shape: tuple[int, ...], stride: tuple[int, ...],
                  padding: str, W_std: float = 1.0, b_std: float | None = None, parameterization: str = "ntk", *,
-                 generator: torch.Generator | None = None, dtype: torch.dtype | None = None,
+                 role: str = "hidden", generator: torch.Generator | None = None, dtype: torch.dtype | None = None,
                  device: torch.device | str | None = None) -> None:  # fmt: skip
         super().__init__()
         self.in_channels, self.out_channels = in_channels, out_channels
         self.filter_shape, self.stride, self.padding = tuple(filter_shape), tuple(stride), padding
-        self.W_std, self.b_std, self.parameterization = W_std, b_std, parameterization
         self.fan_in = in_channels * math.prod(self.filter_shape)
-        dtype = torch.get_default_dtype() if dtype is None else dtype
-        standard = parameterization == "standard"
-        weight_std = W_std / math.sqrt(self.fan_in) if standard else 1.0
-        self.weight = nn.Parameter(_normal((out_channels, in_channels, *self.filter_shape), weight_std, generator,
-                                           dtype, device))  # fmt: skip
-        self.weight_scale = 1.0 if standard else W_std / math.sqrt(self.fan_in)
-        if b_std is None:
-            self.register_parameter("bias", None)
-            self.bias_scale = 0.0
-        else:
-            self.bias = nn.Parameter(_normal((out_channels,), b_std if standard else 1.0, generator, dtype, device))
-            self.bias_scale = 1.0 if standard else b_std
+        self._init_parameters((out_channels, in_channels, *self.filter_shape), self.fan_in, out_channels, W_std, b_std,
+                         parameterization, role, generator, dtype, device)  # fmt: skip
 
     def pad(self, x: Tensor) -> Tensor:
         """The input with this layer's padding, so that a "valid" convolution follows."""
@@ -317,18 +373,11 @@ class ConvModule(nn.Module):
     def forward(self, x: Tensor) -> Tensor:
         """``(n, in_channels, *S) -> (n, out_channels, *S_out)``."""
         conv = F.conv2d if len(self.filter_shape) == 2 else F.conv1d
-        out = conv(self.pad(x), self.weight, stride=self.stride)
-        if self.weight_scale != 1.0:
-            out = out * self.weight_scale
-        if self.bias is not None:
-            bias = self.bias if self.bias_scale == 1.0 else self.bias_scale * self.bias
-            out = out + bias.view(-1, *([1] * len(self.filter_shape)))
-        return out
+        return self._affine(conv(self.pad(x), self.weight, stride=self.stride), len(self.filter_shape))
 
     def extra_repr(self) -> str:
         return (f"{self.in_channels}, {self.out_channels}, filter_shape={self.filter_shape}, stride={self.stride}, "
-                f"padding={self.padding!r}, W_std={self.W_std:g}, b_std={self.b_std}, "
-                f"parameterization={self.parameterization!r}")  # fmt: skip
+                f"padding={self.padding!r}, {self._scales_repr()}")  # fmt: skip
 
 
-__all__ = ["Conv", "ConvModule", "Dense", "DenseModule", "PARAMETERIZATIONS"]
+__all__ = ["Conv", "ConvModule", "Dense", "DenseModule", "PARAMETERIZATIONS", "WeightModule", "parameter_scales"]

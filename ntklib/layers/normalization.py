@@ -37,7 +37,7 @@ class LayerNorm(Layer):
                              "the variance of a single feature is 0; it needs at least 2")  # fmt: skip
         return in_shape
 
-    def build(self, in_shape, generator, dtype, device):
+    def build(self, in_shape, context):
         return LayerNormModule(self.eps)
 
     def kernel(self, state):

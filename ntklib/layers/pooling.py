@@ -63,7 +63,7 @@ class AvgPool(Layer):
             raise LayerError(f"{self!r} has a {len(self.window)}-D window but receives inputs of shape {in_shape}")
         return (in_shape[0], *spatial_output(self, in_shape[1:], self.window, self.stride, self.padding, "window"))
 
-    def build(self, in_shape, generator, dtype, device):
+    def build(self, in_shape, context):
         return AvgPoolModule(self.window, self.stride, self.padding)
 
     def kernel(self, state):
@@ -99,7 +99,7 @@ class GlobalAvgPool(Layer):
     def output_shape(self, in_shape):
         return (_images(self, in_shape)[0],)
 
-    def build(self, in_shape, generator, dtype, device):
+    def build(self, in_shape, context):
         return GlobalAvgPoolModule()
 
     def kernel(self, state):
@@ -130,7 +130,7 @@ class Flatten(Layer):
         in_shape = self._single(in_shape)
         return (math.prod(in_shape),)
 
-    def build(self, in_shape, generator, dtype, device):
+    def build(self, in_shape, context):
         return nn.Flatten()
 
     def kernel(self, state):
