@@ -262,9 +262,7 @@ def _structured_ntk(model: nn.Module, X: Tensor, Z: Tensor | None, k: int) -> Te
             dx = delta_x.reshape(n, k, out_channels, -1)  # (n, k, C_out, positions)
             dz = delta_z.reshape(m, k, out_channels, -1)
             if use_weight:
-                grad_x = torch.einsum("nkop,nfp->nkof", dx, factor_x).reshape(n * k, -1)
-                grad_z = grad_x if Z is None else torch.einsum("nkop,nfp->nkof", dz, factor_z).reshape(m * k, -1)
-                theta.addmm_(grad_x, grad_z.T, alpha=s_W**2)
+                _conv_weight_share(theta, dx, dz, factor_x, factor_z, s_W**2, Z is None)
             if use_bias:
                 bx, bz = dx.sum(-1).reshape(n * k, -1), dz.sum(-1).reshape(m * k, -1)
                 theta.addmm_(bx, bz.T, alpha=s_b**2)
@@ -274,6 +272,43 @@ def _structured_ntk(model: nn.Module, X: Tensor, Z: Tensor | None, k: int) -> Te
         full = full.triu() + full.triu(1).T
         theta = full.view(n, k, n, k).permute(0, 2, 1, 3)
     return theta
+
+
+def _conv_weight_share(theta: Tensor, dx: Tensor, dz: Tensor, ux: Tensor, uz: Tensor, scale: float,
+                       symmetric: bool) -> None:  # fmt: skip
+    """Add a convolution's weight share to theta (n k, m k), in the cheaper of two exact forms.
+
+    With signals d (n, k, C_out, P) and patches u (n, F, P) (F = C_in x filter size), the
+    share is s_W^2 <G(x), G(z)> with the per-input weight gradient G = sum_p d(p) u(p)^T of
+    shape (C_out, F): "gradient" form, cost ~ n m k^2 C_out F. Equally it is
+    s_W^2 sum_{p, q} (d_x(p) . d_z(q)) (u_x(p) . u_z(q)): "Gram" form, cost ~ n m P^2 (k^2 C_out + F),
+    cheaper for late layers with few positions and many channels. Never the P-column Jacobian.
+    """
+    n, k, out_channels, positions = dx.shape
+    m, features = dz.shape[0], ux.shape[1]
+    gradient_cost = k * k * out_channels * features + (n + m) * k * out_channels * features * positions / (n * m)
+    gram_cost = positions**2 * (k * k * out_channels + features)
+    if gradient_cost <= gram_cost:
+        grad_x = torch.einsum("nkop,nfp->nkof", dx, ux).reshape(n * k, -1)
+        grad_z = grad_x if symmetric else torch.einsum("nkop,nfp->nkof", dz, uz).reshape(m * k, -1)
+        theta.addmm_(grad_x, grad_z.T, alpha=scale)
+        return
+    # Gram form, in blocks of inputs so that the (rows k P, cols k P) products stay small.
+    rows = max(1, int(((1 << 22) / (k * positions) ** 2) ** 0.5))
+    D_x = dx.permute(0, 1, 3, 2).reshape(n * k * positions, out_channels)  # (n k P, C_out)
+    D_z = dz.permute(0, 1, 3, 2).reshape(m * k * positions, out_channels)
+    U_x = ux.transpose(1, 2).reshape(n * positions, features)  # (n P, F)
+    U_z = uz.transpose(1, 2).reshape(m * positions, features)
+    view = theta.view(n, k, m, k)
+    for i in range(0, n, rows):
+        i2 = min(i + rows, n)
+        for j in range(0, m, rows):
+            j2 = min(j + rows, m)
+            signal = D_x[i * k * positions: i2 * k * positions] @ D_z[j * k * positions: j2 * k * positions].T
+            signal = signal.view(i2 - i, k, positions, j2 - j, k, positions)
+            patch = (U_x[i * positions: i2 * positions] @ U_z[j * positions: j2 * positions].T).view(
+                i2 - i, 1, positions, j2 - j, 1, positions)  # fmt: skip
+            view[i:i2, :, j:j2, :] += (signal * patch).sum(dim=(2, 5)).mul_(scale)
 
 
 # ------------------------------------------------------------------------ torch.func methods

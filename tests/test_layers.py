@@ -68,6 +68,9 @@ CASES = {
     "Conv 1-D": (lambda k: nk.serial(nk.Conv(k, (3,), padding="same", W_std=1.3, b_std=0.1), nk.Relu(),
                                      nk.Conv(k, (2,), stride=2, padding="valid"), nk.Gelu(), nk.GlobalAvgPool(),
                                      nk.Dense(1)), "signals"),  # fmt: skip
+    # One output pixel: the structured NTK takes its Gram form for this layer (few positions).
+    "Conv to one pixel": (_images(lambda k: [nk.Relu(), nk.Conv(k, (5, 4), padding="valid", b_std=0.1), nk.Erf()]),
+                          "images"),  # fmt: skip
     "AvgPool valid": (_images(lambda k: [nk.Relu(), nk.AvgPool(2)], readout=nk.Flatten()), "images"),
     "AvgPool same": (_images(lambda k: [nk.Relu(), nk.AvgPool((3, 2), stride=1, padding="same")],
                              readout=nk.Flatten()), "images"),  # fmt: skip
