@@ -114,12 +114,19 @@ class ABReluDual:
 
     def __call__(self, q_a: Tensor, q_b: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
         # sqrt(q_a q_b), not sqrt(q_a) sqrt(q_b): for a point with itself sqrt(q^2) = q exactly, so
-        # cos t = 1 exactly there (arccos is infinitely sensitive at 1). Zero-norm inputs give
-        # 0/0; clamping the norms picks some angle, and the norms factor kills it.
-        norms = torch.mul(q_a, q_b).sqrt_().clamp_min_(torch.finfo(s.dtype).tiny)
+        # cos t = 1 exactly there (arccos is infinitely sensitive at 1). Only where q_a q_b would
+        # overflow (float32 inputs of norm ~1e15, deep nets with large W_std) the product of the
+        # square roots is used. Zero-norm inputs give 0/0: clamping the norms picks some angle,
+        # and the norms factor kills it.
+        if max(float(q_a.max()), float(q_b.max())) < math.sqrt(torch.finfo(s.dtype).max) / 2:
+            norms = torch.mul(q_a, q_b).sqrt_()
+        else:
+            norms = torch.mul(q_a.sqrt(), q_b.sqrt())
         if norms.shape != s.shape:
             norms = norms.expand_as(s).contiguous()
-        cos_t = torch.div(s, norms).clamp_(-1.0, 1.0)
+        # (The clamped copy only divides: multiplying by the true norms keeps a zero input's
+        # kernel exactly 0.)
+        cos_t = torch.div(s, norms.clamp_min(torch.finfo(s.dtype).tiny)).clamp_(-1.0, 1.0)
         # sin t from cos t, not from q_a q_b - s^2: at cos t = 1 it is exactly 0.
         nngp = torch.mul(cos_t, cos_t).neg_().add_(1.0).clamp_min_(0.0).sqrt_()
         t = cos_t.arccos_()

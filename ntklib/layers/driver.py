@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 
+import torch
 from torch import Tensor
 
 from .._checks import as_inputs, positive_int
@@ -55,7 +56,24 @@ def compute_kernels(net: Layer, X: Tensor, Z: Tensor | None, block_size: int | N
             final = net.kernel_of_inputs(X[rows], Z[cols], same, layout)
             for result, block in zip(results, _leaves(final)):
                 _store(result, block, rows, cols, symmetric, same)
+    for result in results:
+        _check_finite(result, X)
     return _nest(iter(results), out_shape)
+
+
+def _check_finite(result: Kernels, X: Tensor) -> None:
+    """Never a silent NaN: a kernel that overflowed raises, naming the inputs most involved (an
+    input whose own variance overflows spoils its whole row and column)."""
+    for name, K in zip(("nngp", "ntk"), result):
+        bad = ~torch.isfinite(K)
+        if bool(bad.any()):
+            per_row = bad.sum(dim=1)
+            rows = (per_row == per_row.max()).nonzero().flatten()[:5].tolist()
+            norms = X.reshape(X.shape[0], -1)[rows].norm(dim=1).tolist()
+            raise ValueError(
+                f"the {name} overflowed to inf/NaN in {X.dtype}, most at rows {rows} of X (input norms "
+                f"{[f'{v:.3g}' for v in norms]}): rescale the inputs, use float64, or lower W_std/depth"
+            )
 
 
 def _leaves(value) -> list:
