@@ -9,7 +9,9 @@ NNGP and NTK, ``net.init(in_shape)`` a finite torch module. ``import ntklib as n
 from .descent import dual_gradient_descent, kernel_gradient_descent, primal_gradient_descent
 from .devices import available_devices, default_device
 from .dynamics import FlowPrediction, Gaussian, gp_inference, gradient_flow, nngp_ensemble, ntk_ensemble
-from .empirical import LinearizedModel, MonteCarloKernels, empirical_ntk, linearize, monte_carlo_kernels
+from .empirical import empirical_ntk
+from .linearization import LinearizedModel, linearize
+from .monte_carlo import MonteCarloKernels, monte_carlo_kernels
 from .features import monomial_exponents, polynomial_feature_count, polynomial_features, random_fourier_features
 from .infinite import infinite_width_kernels, infinite_width_kernels_by_depth
 from .kernels import gaussian_kernel, linear_kernel, polynomial_kernel, squared_distances

@@ -19,7 +19,8 @@ import torch
 from torch import Tensor, nn
 
 from ._checks import as_inputs, as_square, nonnegative_int
-from .empirical import empirical_ntk, linearize
+from .empirical import empirical_ntk
+from .linearization import linearize
 
 
 def critical_learning_rate(ntk: Tensor) -> float:

@@ -55,23 +55,22 @@ def compute_kernels(net: Layer, X: Tensor, Z: Tensor | None, block_size: int | N
             same = symmetric and row == col
             final = net.kernel_of_inputs(X[rows], Z[cols], same, layout)
             for result, block in zip(results, _leaves(final)):
+                _check_finite(block, X, rows)
                 _store(result, block, rows, cols, symmetric, same)
-    for result in results:
-        _check_finite(result, X)
     return _nest(iter(results), out_shape)
 
 
-def _check_finite(result: Kernels, X: Tensor) -> None:
-    """Never a silent NaN: a kernel that overflowed raises, naming the inputs most involved (an
+def _check_finite(block: KernelState, X: Tensor, rows: slice) -> None:
+    """Never a silent NaN: a block that overflowed raises, naming the inputs most involved (an
     input whose own variance overflows spoils its whole row and column)."""
-    for name, K in zip(("nngp", "ntk"), result):
+    for name, K in (("nngp", block.nngp), ("ntk", block.ntk)):
         bad = ~torch.isfinite(K)
         if bool(bad.any()):
             per_row = bad.sum(dim=1)
-            rows = (per_row == per_row.max()).nonzero().flatten()[:5].tolist()
-            norms = X.reshape(X.shape[0], -1)[rows].norm(dim=1).tolist()
+            worst = ((per_row == per_row.max()).nonzero().flatten()[:5] + rows.start).tolist()
+            norms = X.reshape(X.shape[0], -1)[worst].norm(dim=1).tolist()
             raise ValueError(
-                f"the {name} overflowed to inf/NaN in {X.dtype}, most at rows {rows} of X (input norms "
+                f"the {name} overflowed to inf/NaN in {X.dtype}, most at rows {worst} of X (input norms "
                 f"{[f'{v:.3g}' for v in norms]}): rescale the inputs, use float64, or lower W_std/depth"
             )
 
