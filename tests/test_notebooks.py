@@ -40,6 +40,14 @@ def test_first_code_cell_installs_ntklib_from_the_configured_repository(notebook
 
 
 @pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
+def test_kernel_is_the_venvs(notebook):
+    """The kernel spec the notebook names is the one ipykernel installs in the venv, so opening a
+    chapter in `make lab` does not mark it changed."""
+    spec = json.loads(notebook.read_text())["metadata"]["kernelspec"]
+    assert spec == {"display_name": "Python 3 (ipykernel)", "language": "python", "name": "python3"}
+
+
+@pytest.mark.parametrize("notebook", CHAPTERS, ids=lambda p: p.stem)
 def test_code_lines_fit_the_page(notebook):
     """The site cuts code lines longer than about 88 characters (ruff format --line-length 88)."""
     long = [line for cell in cells(notebook) if cell["cell_type"] == "code"
