@@ -21,9 +21,12 @@ lab: $(STAMP)
 	$(BIN)/python -m ntkbook.lab
 
 # Speed and memory figures (minutes; run on a quiet machine), written to benchmarks/results/.
+# cnn_kernels.py times neural-tangents too when the interpreter has it (see its docstring).
 bench: $(STAMP)
 	$(BIN)/python benchmarks/analytic_ntk.py
 	$(BIN)/python benchmarks/empirical_ntk.py
+	$(BIN)/python benchmarks/empirical_cnn.py
+	$(BIN)/python benchmarks/cnn_kernels.py --digits
 	$(BIN)/python benchmarks/kernel_ridge.py
 
 setup: $(STAMP)

@@ -170,3 +170,15 @@ def test_cnn_benchmark_kernels_are_the_books_network():
     block = torch.ones(64 * 2**20 // 8, dtype=torch.float64)  # 64 MiB, touched
     assert cnn.peak_memory() - before > 60
     del block
+
+
+def test_cnn_empirical_benchmark_methods_compute_the_same_kernel():
+    """The tutorial's einsum contraction, ntklib's jacobian and structured methods give one
+    kernel on the benchmark's CNN (a few inputs), so the timed methods compare like with like."""
+    bench = load("empirical_cnn")
+    model = bench.network(torch.float64)
+    X = torch.randn(5, 1, 8, 8, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
+    kernels = [bench.compute(model, X, method) for method in bench.METHODS]
+    assert kernels[0].shape == (5, 5)
+    for other in kernels[1:]:
+        torch.testing.assert_close(other, kernels[0], rtol=1e-10, atol=1e-12)
