@@ -42,8 +42,10 @@ from .layers import (
 )
 from .mercer import MercerReport, mercer_check
 from .networks import MLP, mlp
+from .pcg import SolveInfo
 from .propagation import SignalPropagation, signal_propagation
 from .ridge import KernelRidge, solve_kernel_system
+from .tiled import kernel_matrix
 from .training import Trajectory, train
 from .trajectory import KernelTracker, critical_learning_rate, kernel_distance
 
@@ -54,8 +56,10 @@ __all__ = [
     "gaussian_kernel", "linear_kernel", "polynomial_kernel", "squared_distances", "monomial_exponents",
     "polynomial_feature_count", "polynomial_features", "random_fourier_features", "mercer_check", "MercerReport",
     # regression and gradient descent
-    "KernelRidge", "solve_kernel_system", "primal_gradient_descent", "kernel_gradient_descent",
+    "KernelRidge", "solve_kernel_system", "SolveInfo", "primal_gradient_descent", "kernel_gradient_descent",
     "dual_gradient_descent",
+    # kernels larger than memory
+    "kernel_matrix",
     # layers: one description, finite network and infinite-width kernels
     "Layer", "LayerError", "Network", "serial", "parallel", "FanOut", "FanInSum", "Identity", "Dense", "Conv",
     "AvgPool", "GlobalAvgPool", "Flatten", "LayerNorm", "Relu", "LeakyRelu", "Abs", "ABRelu", "Erf", "Gelu",

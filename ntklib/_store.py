@@ -89,7 +89,8 @@ def _describe(obj: object, seen: set[int], home: str | None = None) -> str:
         inner = ", ".join(_describe(item, seen) for item in obj)
         return f"{type(obj).__name__}({inner})"
     if isinstance(obj, dict):
-        return "{" + ", ".join(f"{_describe(k, seen)}: {_describe(v, seen)}" for k, v in sorted(obj.items(), key=repr)) + "}"
+        items = sorted(obj.items(), key=repr)
+        return "{" + ", ".join(f"{_describe(k, seen)}: {_describe(v, seen)}" for k, v in items) + "}"
     if isinstance(obj, functools.partial):
         return f"partial({_describe(obj.func, seen)}, {_describe(obj.args, seen)}, {_describe(obj.keywords, seen)})"
     if isinstance(obj, types.MethodType):
@@ -97,7 +98,8 @@ def _describe(obj: object, seen: set[int], home: str | None = None) -> str:
     if isinstance(obj, types.FunctionType):
         return _describe_function(obj, seen)
     if isinstance(obj, (types.BuiltinFunctionType, types.ModuleType, type)) or _is_torch_callable(obj):
-        return f"{getattr(obj, '__module__', None) or ''}:{getattr(obj, '__qualname__', getattr(obj, '__name__', repr(obj)))}"
+        name = getattr(obj, "__qualname__", getattr(obj, "__name__", repr(obj)))
+        return f"{getattr(obj, '__module__', None) or ''}:{name}"
     kind = f"{type(obj).__module__}.{type(obj).__qualname__}"
     if isinstance(obj, torch.nn.Module):
         return f"module({obj!r}, {_describe(dict(obj.state_dict()), seen)})"
@@ -118,7 +120,8 @@ def _is_torch_callable(obj: object) -> bool:
 def _describe_function(fn: types.FunctionType, seen: set[int]) -> str:
     code = fn.__code__
     parts = [f"{fn.__module__}:{fn.__qualname__}", f"code:{_code_hash(code)}",
-             f"defaults:{_describe(fn.__defaults__, seen)}", f"kwdefaults:{_describe(fn.__kwdefaults__, seen)}"]  # fmt: skip
+             f"defaults:{_describe(fn.__defaults__, seen)}",
+             f"kwdefaults:{_describe(fn.__kwdefaults__, seen)}"]  # fmt: skip
     if fn.__closure__:
         cells = []
         for name, cell in zip(code.co_freevars, fn.__closure__):
@@ -131,7 +134,8 @@ def _describe_function(fn: types.FunctionType, seen: set[int]) -> str:
     names = sorted(_global_names(code))
     used = [(name, fn.__globals__[name]) for name in names if name in fn.__globals__]
     if used:
-        parts.append("globals:" + ", ".join(f"{name}={_describe(value, seen, fn.__module__ or '__main__')}" for name, value in used))
+        home = fn.__module__ or "__main__"
+        parts.append("globals:" + ", ".join(f"{name}={_describe(value, seen, home)}" for name, value in used))
     return "function(" + "; ".join(parts) + ")"
 
 
@@ -221,7 +225,8 @@ class KernelStore:
             lines = "; ".join(f"{key}: stored {_short(old.get(key, stored.get(key)))}, now "
                               f"{_short(new.get(key, meta.get(key)))}" for key in differ)  # fmt: skip
             raise ValueError(f"{where} was made for a different computation ({lines}); its tiles will not be "
-                             "mixed with these: give another out= directory, or delete this one to start over")  # fmt: skip
+                             "mixed with these: give another out= directory, or delete this one to start "
+                             "over")  # fmt: skip
 
     def write(self, i: int, j: int, rows: slice, cols: slice, values: tuple[np.ndarray, ...], mirror: bool) -> None:
         """Put tile (i, j) on disk (and its transpose at (j, i) when ``mirror``), then record it."""

@@ -4,31 +4,40 @@ Solves (K + ridge I) alpha = y touching K only through products K V (streamed fr
 recomputed tile by tile) and M of its rows, so K never needs to be in memory.
 
 Preconditioner (Frangella, Tropp & Udell 2023, "Randomized Nystrom preconditioning"): from M
-rows of K at uniformly drawn landmarks S, the Nystrom approximation
-K_hat = K[:, S] K[S, S]^+ K[S, :] = U diag(Lambda) U^T (U: n x M orthonormal) gives
+rows of K at landmarks S drawn uniformly, the Nystrom approximation
+K_hat = K[:, S] K[S, S]^+ K[S, :] = U diag(Lambda) U^T (U: n x M orthonormal, Lambda
+decreasing) gives
 
     P^-1 = (Lambda_M + ridge) U (Lambda + ridge I)^-1 U^T + (I - U U^T),
 
-which maps the M largest directions of K + ridge I to about Lambda_M + ridge, the size of the
-rest, so CG needs a number of iterations set by (lambda_{M+1}(K) + ridge) / ridge instead of
-lambda_1(K) / ridge. This is the preconditioner of Falkon (Rudi et al. 2017; Meanti et al.
-2020) applied to the full system: Falkon solves the M-dimensional Nystrom problem, whose answer
-differs from kernel ridge regression's; here the answer is alpha itself, equal to the Cholesky
-solution up to the tolerance.
+which brings the M largest directions of K + ridge I down to about Lambda_M + ridge: the
+preconditioned system's condition number is at most (Lambda_M + ridge + |K - K_hat|_2) / ridge
+(Frangella et al.) instead of (lambda_1(K) + ridge) / ridge, and CG needs about its square root
+times log(1/tol) iterations. Falkon (Rudi et al. 2017; Meanti et al. 2020) preconditions CG with
+a Nystrom approximation from uniform landmarks too, but solves the M-dimensional Nystrom problem,
+whose answer differs from kernel ridge regression's; here the answer is alpha itself, equal to
+the Cholesky solution up to the tolerance.
 
 Why our own iteration rather than a library's: falkon is not on the package registries this
-project installs from (its wheels are built for older torch versions than our pin) and solves the
-Nystrom problem; ``linear_operator.utils.linear_cg`` (GPyTorch) takes a matmul closure but brings
-jaxtyping and GPyTorch's settings, and does not report the true residual; pykeops compiles
-formulas at run time and cannot express ntklib's layered kernels. The iteration is 30 lines.
+project installs from (pip finds no distribution of it) and solves the Nystrom problem; pykeops compiles formulas at run time and cannot express ntklib's layered
+kernels. ``linear_operator.utils.linear_cg`` (GPyTorch's, 0.6.1) would take our matmul closure
+and preconditioner, but it stops when the mean over the columns of their running residuals
+falls below the tolerance (its default is 1, tuned for GP training), after at least 10
+iterations, returns only the solution, and never checks p^T A p > 0; the 30 lines here stop per
+column, check the residual recomputed from alpha (restarting when rounding left it above the
+tolerance), report it, and refuse a K that is not positive definite, with no new dependency.
 """
 
 from __future__ import annotations
 
 import math
+import os
 import warnings
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from pathlib import Path
+from typing import NamedTuple
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -39,7 +48,7 @@ class SolveInfo(NamedTuple):
     Attributes:
         solver: "cholesky" or "pcg".
         iterations: CG iterations (0 for Cholesky).
-        residual: max over the columns of y of |y - (K + ridge I) alpha| / |y|, recomputed from
+        residual: max over the columns of y of ``|y - (K + ridge I) alpha| / |y|``, recomputed from
             alpha at the end (one more product with K), not CG's running estimate.
         converged: residual <= tol (always True for Cholesky).
         history: CG's running residual (max over columns) after each iteration.
@@ -141,3 +150,77 @@ def conjugate_gradients(matmul: Callable[[Tensor], Tensor], y: Tensor, ridge: fl
             f"iterations ({why}); raise max_iter or rank, or loosen tol", RuntimeWarning, stacklevel=3
         )  # fmt: skip
     return alpha.to(y.dtype).reshape(y.shape), info
+
+
+# -- products with K: in memory or streamed from a file ------------------------------------------
+PRODUCT_ENTRIES = 1 << 22  # entries of a float32 block widened to float64 at a time (32 MiB)
+
+
+def product(block: Tensor, V: Tensor) -> Tensor:
+    """block @ V for float64 V, in float64 whatever the block's dtype: a float32 block is widened
+    a few rows at a time, so its products carry float64 rounding (float32 sums over n terms
+    leave CG a residual floor near 1e-4; in float64 it reaches any tolerance)."""
+    if block.dtype == V.dtype:
+        return block @ V
+    out = torch.empty(block.shape[0], V.shape[1], dtype=V.dtype, device=V.device)
+    rows = max(1, PRODUCT_ENTRIES // block.shape[1])
+    for start in range(0, block.shape[0], rows):
+        out[start:start + rows] = block[start:start + rows].to(V.dtype) @ V
+    return out
+
+
+class DenseOperator:
+    """K in memory (or a memory-mapped tensor)."""
+
+    def __init__(self, K: Tensor) -> None:
+        self.K, self.n, self.dtype, self.device = K, K.shape[0], K.dtype, K.device
+
+    def matmul(self, V: Tensor) -> Tensor:
+        return product(self.K, V)
+
+    def rows(self, index: Tensor) -> Tensor:
+        return self.K[index]
+
+
+class NpyOperator:
+    """K in an ``.npy`` file, read in row bands of about ``band_bytes`` that are unmapped after
+    use, so the process never holds more than one band (the OS page cache may keep the file)."""
+
+    def __init__(self, path: str | os.PathLike, band_bytes: int = 1 << 26) -> None:
+        self.path = Path(path)
+        if not self.path.is_file():
+            raise ValueError(f"K={str(path)!r} is not a file; give an (n, n) .npy matrix (nk.kernel_matrix(..., "
+                             "out=dir) writes dir/kernel.npy, or dir/nngp.npy and dir/ntk.npy)")  # fmt: skip
+        with open(self.path, "rb") as f:
+            try:
+                version = np.lib.format.read_magic(f)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, fortran, dtype = read(f)
+            except ValueError as error:
+                raise ValueError(f"K={str(path)!r} is not an .npy file: {error}") from None
+            self.offset = f.tell()
+        if len(shape) != 2 or shape[0] != shape[1] or shape[0] == 0 or fortran or dtype.kind != "f":
+            raise ValueError(f"K={str(path)!r} must hold a square (n, n) floating-point matrix in C order; it holds "
+                             f"{'Fortran-order ' if fortran else ''}{dtype} of shape {shape}")  # fmt: skip
+        self.n, self.np_dtype = shape[0], dtype
+        self.dtype, self.device = torch.from_numpy(np.empty(0, dtype)).dtype, torch.device("cpu")
+        self.band = max(1, band_bytes // (self.n * dtype.itemsize))
+
+    def _rows(self, start: int, stop: int) -> np.memmap:
+        return np.memmap(self.path, dtype=self.np_dtype, mode="c", shape=(stop - start, self.n),
+                         offset=self.offset + start * self.n * self.np_dtype.itemsize)  # fmt: skip
+
+    def matmul(self, V: Tensor) -> Tensor:
+        out = torch.empty_like(V)
+        for start in range(0, self.n, self.band):
+            stop = min(start + self.band, self.n)
+            band = self._rows(start, stop)
+            out[start:stop] = product(torch.from_numpy(np.asarray(band)).to(V.device), V)
+            del band  # unmapped: its pages leave this process
+        return out
+
+    def rows(self, index: Tensor) -> Tensor:
+        whole = np.load(self.path, mmap_mode="c")
+        picked = torch.from_numpy(np.ascontiguousarray(whole[index.cpu().numpy()]))
+        del whole
+        return picked

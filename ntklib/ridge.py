@@ -35,7 +35,7 @@ def solve_kernel_system(
     *,
     solver: str = "cholesky",
     tol: float | None = None,
-    max_iter: int = 100,
+    max_iter: int = 300,
     rank: int = DEFAULT_RANK,
     seed: int = 0,
     return_info: bool = False,
@@ -53,7 +53,7 @@ def solve_kernel_system(
     ``solver="pcg"`` (:mod:`ntklib.pcg`): conjugate gradients with a Nystrom preconditioner of
     ``rank`` landmarks drawn with ``seed``, touching K only through products with it, so K can be
     an ``.npy`` file (from :func:`ntklib.kernel_matrix` with ``out=``) streamed in row bands, never
-    all in memory. It stops when |y - (K + ridge I) alpha| <= tol |y| for every column of y, or
+    all in memory. It stops when ``|y - (K + ridge I) alpha| <= tol |y|`` for every column of y, or
     after ``max_iter`` iterations with a RuntimeWarning. Needs ridge > 0.
 
     Args:
@@ -64,7 +64,9 @@ def solve_kernel_system(
         tol: "pcg": relative residual to reach (default 1e-8 for float64 K; 1e-5 for float32,
             whose entries' own rounding limits alpha's accuracy to about that). Products with K
             are summed in float64 whatever its dtype, so any tolerance can be reached.
-        max_iter: "pcg": iteration cap. rank: "pcg": Nystrom landmarks (memory n x rank floats).
+        max_iter: "pcg": iteration cap (each iteration is one product with K).
+        rank: "pcg": Nystrom landmarks M; the preconditioner keeps n x M float64 (about three
+            times that while it is built) and costs M rows of K and an n x M SVD.
         seed: "pcg": seeds the draw of the landmarks.
         return_info: also return a :class:`ntklib.pcg.SolveInfo` (iterations, final residual).
 
@@ -79,7 +81,7 @@ def solve_kernel_system(
             raise TypeError("solver='cholesky' needs K in memory as a tensor; for a matrix in a file use solver='pcg'")
         alpha, info = _cholesky(K, y, ridge, return_info)
     else:
-        from .tiled import DenseOperator, NpyOperator
+        from .pcg import DenseOperator, NpyOperator
 
         if isinstance(K, (str, os.PathLike)):
             operator = NpyOperator(K)
@@ -186,7 +188,7 @@ class KernelRidge:
     """
 
     def __init__(self, kernel: Kernel = gaussian_kernel, ridge: float = 1.0, *, solver: str = "cholesky",
-                 tol: float | None = None, max_iter: int = 100, rank: int = DEFAULT_RANK, tile: int | None = None,
+                 tol: float | None = None, max_iter: int = 300, rank: int = DEFAULT_RANK, tile: int | None = None,
                  store: str | os.PathLike | None = None, client=None, seed: int = 0) -> None:  # fmt: skip
         if not callable(kernel):
             raise TypeError(f"kernel must be a function (X, Z) -> K; got {type(kernel).__name__}")
@@ -213,7 +215,8 @@ class KernelRidge:
         if self.solver == "cholesky":
             self.dual_coef_, self.solve_info_ = solve_kernel_system(self.kernel(X, X), y, self.ridge, return_info=True)
         else:
-            from .tiled import NpyOperator, TileOperator, kernel_matrix
+            from .pcg import NpyOperator
+            from .tiled import TileOperator, kernel_matrix
 
             if self.store is None:
                 operator = TileOperator(self.kernel, X, tile=self.tile)

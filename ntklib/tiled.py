@@ -15,8 +15,8 @@ import math
 import os
 import sys
 import uuid
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -85,6 +85,7 @@ def kernel_matrix(
     if get is not None and get not in GETS:
         raise ValueError(f"get must be None, 'nngp' or 'ntk'; got {get!r}")
     tile = positive_int("tile", tile)
+    Z = None if Z is X else Z  # K(X, X): symmetric, as net.kernels treats it
     symmetric = Z is None
     Zs = X if symmetric else Z
     n, m = X.shape[0], Zs.shape[0]
@@ -100,9 +101,10 @@ def kernel_matrix(
         def sink(i: int, j: int, values: tuple[Tensor, ...]) -> None:
             rows, cols = _span(i, tile, n), _span(j, tile, m)
             for result, value in zip(results, values):
-                result[rows, cols] = value.to(X.device)
+                value = value.to(X.device)
+                result[rows, cols] = value
                 if symmetric and i != j:
-                    result[cols, rows] = value.to(X.device).T
+                    result[cols, rows] = value.T.contiguous()  # transposed in cache, then one contiguous copy
     else:
         from ._store import KernelStore
 
@@ -114,8 +116,9 @@ def kernel_matrix(
             arrays = tuple(value.cpu().numpy() for value in values)
             store.write(i, j, _span(i, tile, n), _span(j, tile, m), arrays, mirror=symmetric and i != j)
 
-    bar = _progress_bar(progress, len(todo), len(tiles))
+    bar = None
     try:
+        bar = _progress_bar(progress, len(todo), len(tiles))
         if client is None:
             for i, j in todo:
                 rows, cols = _span(i, tile, n), _span(j, tile, m)
@@ -216,7 +219,8 @@ def _identity(kernel, fn, kernel_id, X, Z, get, tile, dtype) -> dict:
                             "changes it cannot see; pass kernel_id='a name you change whenever the kernel "
                             "changes'") from None  # fmt: skip
     return {"X": digest(X), "Z": None if Z is None else digest(Z), "kernel": what, "get": get, "tile": tile,
-            "dtype": str(dtype), "device": X.device.type, "torch": torch.__version__, "ntklib": __version__}  # fmt: skip
+            "dtype": str(dtype), "device": X.device.type, "torch": torch.__version__,
+            "ntklib": __version__}  # fmt: skip
 
 
 def _progress_bar(progress: bool | None, todo: int, total: int):
@@ -239,6 +243,10 @@ def _remote_tile(fn, get, A: Tensor, B: Tensor | None, device: str, where) -> tu
     return tuple(value.cpu().numpy() for value in compute_tile(fn, get, A, B, where))
 
 
+def _as_is(value):
+    return value
+
+
 def _run_on_dask(client, fn, get, X, Zs, symmetric, tile, todo, sink, bar) -> None:
     try:
         from distributed import as_completed
@@ -247,19 +255,22 @@ def _run_on_dask(client, fn, get, X, Zs, symmetric, tile, todo, sink, bar) -> No
     if not todo:
         return
     n, m = X.shape[0], Zs.shape[0]
+    run = uuid.uuid4().hex[:8]
 
-    def scatter(source: Tensor, index: int, size: int):
-        # Each block of inputs goes to every worker once (not once per tile): replicas survive a
-        # worker's death. clone(): a slice would pickle its whole storage.
-        return client.scatter(source[_span(index, tile, size)].cpu().clone(), broadcast=True, hash=False)
+    def block(source: Tensor, side: str, index: int, size: int):
+        # A task that returns its block of inputs: workers fetch it once per block (not once per
+        # tile), and since the scheduler keeps the task, a block lost with every worker that held
+        # it is made again (scattered data would be gone: Dask keeps one replica of it).
+        # clone(): a slice would pickle its whole storage.
+        data = source[_span(index, tile, size)].cpu().clone()
+        return client.submit(_as_is, data, key=f"ntklib-inputs-{run}-{side}-{index}")
 
     if symmetric:
-        blocks = {i: scatter(X, i, n) for i in sorted({k for tile_ in todo for k in tile_})}
+        blocks = {i: block(X, "X", i, n) for i in sorted({k for tile_ in todo for k in tile_})}
         row_blocks = col_blocks = blocks
     else:
-        row_blocks = {i: scatter(X, i, n) for i in sorted({i for i, _ in todo})}
-        col_blocks = {j: scatter(Zs, j, m) for j in sorted({j for _, j in todo})}
-    run = uuid.uuid4().hex[:8]
+        row_blocks = {i: block(X, "X", i, n) for i in sorted({i for i, _ in todo})}
+        col_blocks = {j: block(Zs, "Z", j, m) for j in sorted({j for _, j in todo})}
     limit = max(2, 2 * sum(client.nthreads().values()))
     waiting = iter(todo)
     futures = {}
@@ -289,105 +300,35 @@ def _run_on_dask(client, fn, get, X, Zs, symmetric, tile, todo, sink, bar) -> No
             if submit():
                 queue.add(next(reversed(futures)))
     finally:
-        client.cancel(list(futures) + list({id(f): f for f in [*row_blocks.values(), *col_blocks.values()]}.values()))
+        inputs = {future.key: future for future in [*row_blocks.values(), *col_blocks.values()]}
+        client.cancel([*futures, *inputs.values()])
 
 
-# -- products with K without holding it: what solve_kernel_system(solver="pcg") uses -------------
-PRODUCT_ENTRIES = 1 << 22  # entries of a float32 block widened to float64 at a time (32 MiB)
-
-
-def _product(block: Tensor, V: Tensor) -> Tensor:
-    """block @ V for float64 V, in float64 whatever the block's dtype: a float32 block is widened
-    a few rows at a time, so its products carry float64 rounding (float32 sums over n terms
-    leave CG a residual floor near 1e-4; in float64 it reaches any tolerance)."""
-    if block.dtype == V.dtype:
-        return block @ V
-    out = torch.empty(block.shape[0], V.shape[1], dtype=V.dtype, device=V.device)
-    rows = max(1, PRODUCT_ENTRIES // block.shape[1])
-    for start in range(0, block.shape[0], rows):
-        out[start:start + rows] = block[start:start + rows].to(V.dtype) @ V
-    return out
-
-
-class DenseOperator:
-    """K in memory (or a memory-mapped tensor)."""
-
-    def __init__(self, K: Tensor) -> None:
-        self.K, self.n, self.dtype, self.device = K, K.shape[0], K.dtype, K.device
-
-    def matmul(self, V: Tensor) -> Tensor:
-        return _product(self.K, V)
-
-    def rows(self, index: Tensor) -> Tensor:
-        return self.K[index]
-
-
-class NpyOperator:
-    """K in an ``.npy`` file, read in row bands of about ``band_bytes`` that are unmapped after
-    use, so the process never holds more than one band (the OS page cache may keep the file)."""
-
-    def __init__(self, path: str | os.PathLike, band_bytes: int = 1 << 26) -> None:
-        self.path = Path(path)
-        if not self.path.is_file():
-            raise ValueError(f"K={str(path)!r} is not a file; give an (n, n) .npy matrix (nk.kernel_matrix(..., out=dir) "
-                             "writes dir/kernel.npy, or dir/nngp.npy and dir/ntk.npy)")  # fmt: skip
-        with open(self.path, "rb") as f:
-            try:
-                version = np.lib.format.read_magic(f)
-                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-                shape, fortran, dtype = read(f)
-            except ValueError as error:
-                raise ValueError(f"K={str(path)!r} is not an .npy file: {error}") from None
-            self.offset = f.tell()
-        if len(shape) != 2 or shape[0] != shape[1] or shape[0] == 0 or fortran or dtype.kind != "f":
-            raise ValueError(f"K={str(path)!r} must hold a square (n, n) floating-point matrix in C order; it holds "
-                             f"{'Fortran-order ' if fortran else ''}{dtype} of shape {shape}")  # fmt: skip
-        self.n, self.np_dtype = shape[0], dtype
-        self.dtype, self.device = torch.from_numpy(np.empty(0, dtype)).dtype, torch.device("cpu")
-        self.band = max(1, band_bytes // (self.n * dtype.itemsize))
-
-    def _rows(self, start: int, stop: int) -> np.memmap:
-        return np.memmap(self.path, dtype=self.np_dtype, mode="r", shape=(stop - start, self.n),
-                         offset=self.offset + start * self.n * self.np_dtype.itemsize)  # fmt: skip
-
-    def matmul(self, V: Tensor) -> Tensor:
-        out = torch.empty_like(V)
-        for start in range(0, self.n, self.band):
-            stop = min(start + self.band, self.n)
-            band = self._rows(start, stop)
-            out[start:stop] = _product(torch.from_numpy(np.asarray(band)).to(V.device), V)
-            del band  # unmapped: its pages leave this process
-        return out
-
-    def rows(self, index: Tensor) -> Tensor:
-        whole = np.load(self.path, mmap_mode="r")
-        picked = torch.from_numpy(np.ascontiguousarray(whole[index.cpu().numpy()]))
-        del whole
-        return picked
-
-
+# -- products with K recomputed: what KernelRidge(solver="pcg") uses without a store ---------------
 class TileOperator:
     """K = kernel(X, X) recomputed tile by tile at every product (nothing n x n is kept)."""
 
     def __init__(self, kernel: Callable, X: Tensor, get: str | None = None, tile: int = DEFAULT_TILE) -> None:
         self.fn, self.X, self.get, self.tile = _as_function(kernel), X, get, positive_int("tile", tile)
         self.n, self.device = X.shape[0], X.device
-        names, (probe, *others) = _checked(self.fn(X[:1]), get, (1, 1), None)
+        _, (probe, *others) = _checked(self.fn(X[:1]), get, (1, 1), None)
         if others:
             raise ValueError("the kernel returns nk.Kernels(nngp, ntk): pick one, e.g. with get='ntk' or "
                              "lambda X, Z=None: net.kernels(X, Z).ntk")  # fmt: skip
         self.dtype = probe.dtype
 
     def matmul(self, V: Tensor) -> Tensor:
+        from .pcg import product
+
         X, n, tile = self.X, self.n, self.tile
         out = torch.zeros_like(V)
         for i in range(math.ceil(n / tile)):
             for j in range(i, math.ceil(n / tile)):
                 rows, cols = _span(i, tile, n), _span(j, tile, n)
                 (block,) = compute_tile(self.fn, self.get, X[rows], None if i == j else X[cols], (rows, cols))
-                out[rows] += _product(block, V[cols])
+                out[rows] += product(block, V[cols])
                 if i != j:
-                    out[cols] += _product(block.T, V[rows])
+                    out[cols] += product(block.T, V[rows])
         return out
 
     def rows(self, index: Tensor) -> Tensor:

@@ -77,3 +77,29 @@ def test_predict_before_fit_and_repr():
 def test_repr_unwraps_partial_kernels():
     model = nk.KernelRidge(functools.partial(nk.polynomial_kernel, degree=3, c=0.5), ridge=1e-3)
     assert repr(model) == "KernelRidge(kernel=polynomial_kernel(degree=3, c=0.5), ridge=0.001)"
+
+
+def test_cholesky_checks_ride_on_the_factorisation_with_the_same_errors(rng):
+    """No scan of K before factorising: NaN/inf anywhere in K still raise the message they did,
+    K itself is never changed, and alpha is bit for bit that of factorising K + ridge*eye(n)."""
+    X = randn(12, 3, generator=rng, device="cpu")
+    y = randn(12, generator=rng, device="cpu")
+    K = nk.gaussian_kernel(X)
+    before = K.clone()
+    alpha, info = nk.solve_kernel_system(K, y, 0.1, return_info=True)
+    assert torch.equal(K, before)
+    L = torch.linalg.cholesky(K + 0.1 * torch.eye(12, dtype=K.dtype))
+    assert torch.equal(alpha, torch.cholesky_solve(y[:, None], L)[:, 0])
+    assert info.solver == "cholesky" and info.converged and info.residual < 1e-14
+    for where in [(5, 2), (2, 5), (4, 4)]:  # lower triangle, upper triangle (not read), diagonal
+        for bad in (float("nan"), float("inf"), -float("inf")):
+            broken = K.clone()
+            broken[where] = bad
+            with pytest.raises(ValueError, match="K contains 1 NaN or infinite value"):
+                nk.solve_kernel_system(broken, y, 0.1)
+    with pytest.raises(TypeError, match="K must have a floating-point dtype"):
+        nk.solve_kernel_system(torch.ones(3, 3, dtype=torch.int64), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"K must be 2-D of shape \(n, d\); got shape \(3,\)"):
+        nk.solve_kernel_system(torch.ones(3, dtype=torch.float64), torch.ones(3, dtype=torch.float64))
+    with pytest.raises(ValueError, match=r"K is empty: shape \(0, 0\)"):
+        nk.solve_kernel_system(torch.ones(0, 0, dtype=torch.float64), torch.ones(0, dtype=torch.float64))

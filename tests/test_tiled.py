@@ -51,6 +51,7 @@ def test_tiles_give_the_kernels_one_call_values():
     K = kernel_matrix(nk.gaussian_kernel, X, tile=16)
     torch.testing.assert_close(K, nk.gaussian_kernel(X), rtol=1e-14, atol=1e-14)
     assert torch.equal(K, K.T)  # only tiles on and above the diagonal are computed, then mirrored
+    assert torch.equal(kernel_matrix(nk.gaussian_kernel, X, X, tile=16), K)  # Z is X: the same K(X, X)
     partial = functools.partial(nk.polynomial_kernel, degree=3)
     torch.testing.assert_close(kernel_matrix(partial, X, Z, tile=7), partial(X, Z), rtol=1e-13, atol=1e-13)
     # A network: both kernels in one pass, or one of them; the network itself or net.kernels.
@@ -68,6 +69,15 @@ def test_tiles_give_the_kernels_one_call_values():
     K = kernel_matrix(conv, images, get="ntk", tile=4)
     assert K.dtype == torch.float32 and K.shape == (9, 9)
     torch.testing.assert_close(K, conv.kernels(images).ntk, rtol=1e-5, atol=1e-6)
+
+
+def test_tiles_are_computed_on_the_inputs_device(device, tmp_path):
+    X = points(30).to(device)
+    K = kernel_matrix(NET, X, get="ntk", tile=8)
+    assert K.device == X.device
+    torch.testing.assert_close(K, NET.kernels(X).ntk, rtol=1e-12, atol=1e-12)
+    stored = kernel_matrix(NET, X, get="ntk", tile=8, out=tmp_path / "K")  # the store is on the CPU
+    assert stored.device.type == "cpu" and torch.equal(stored, K.cpu())
 
 
 def test_bad_kernels_and_arguments():
@@ -168,11 +178,11 @@ def test_a_store_refuses_another_computation(tmp_path):
     kernel_matrix(gauss, X, tile=8, out=out)
     kernel_matrix(functools.partial(nk.gaussian_kernel, sigma=1.0), X, tile=8, out=out)  # the same: fine
     cases = {
-        "X: stored": dict(kernel=gauss, X=X + 1),
-        "Z: stored None": dict(kernel=gauss, Z=X),
-        "kernel: stored": dict(kernel=functools.partial(nk.gaussian_kernel, sigma=2.0)),
-        "tile: stored 8, now 4": dict(kernel=gauss, tile=4),
-        "dtype: stored 'torch.float64', now 'torch.float32'": dict(kernel=gauss, X=X.float()),
+        "X: stored": {"X": X + 1},
+        "Z: stored None": {"Z": X.clone()},  # Z = X itself would be K(X, X), the same
+        "kernel: stored": {"kernel": functools.partial(nk.gaussian_kernel, sigma=2.0)},
+        "tile: stored 8, now 4": {"tile": 4},
+        "dtype: stored 'torch.float64', now 'torch.float32'": {"X": X.float()},
     }
     for message, change in cases.items():
         arguments = {"kernel": gauss, "X": X, "Z": None, "tile": 8, **change}
@@ -262,8 +272,9 @@ def test_dask_cluster_with_a_worker_killed_mid_run_equals_the_in_process_matrix(
     net_in_process = kernel_matrix(NET, X, X[:50], tile=tile)
     cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import this test module
     try:
-        with distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
-                                      dashboard_address=None) as cluster, distributed.Client(cluster) as client:  # fmt: skip
+        cluster = distributed.LocalCluster(n_workers=2, processes=True, threads_per_worker=1, host="127.0.0.1",
+                                           dashboard_address=None)  # fmt: skip
+        with cluster, distributed.Client(cluster) as client:
             before = set(client.run(os.getpid).values())
             on_dask = kernel_matrix(killer, X, tile=tile, client=client, out=tmp_path / "K", kernel_id="gauss")
             killed = int((tmp_path / "killed").read_text())
