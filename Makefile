@@ -4,7 +4,7 @@ VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
 
-.PHONY: book test lab bench setup clean
+.PHONY: book test lab bench grids setup clean
 
 book: $(STAMP)
 	$(BIN)/jupyter-book build -W -n --keep-going .
@@ -28,6 +28,11 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/empirical_cnn.py
 	$(BIN)/python benchmarks/cnn_kernels.py --digits
 	$(BIN)/python benchmarks/kernel_ridge.py
+
+# The stored grids of chapters 10 (about 12 min) and 8 (about 10 min), re-run by hand.
+grids: $(STAMP)
+	$(BIN)/python benchmarks/beyond_lazy.py
+	$(BIN)/python benchmarks/small_data.py
 
 setup: $(STAMP)
 

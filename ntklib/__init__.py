@@ -46,7 +46,7 @@ from .pcg import SolveInfo
 from .propagation import SignalPropagation, signal_propagation
 from .ridge import KernelRidge, solve_kernel_system
 from .tiled import kernel_matrix
-from .training import Trajectory, train
+from .training import Trajectory, TrainingDiverged, train
 from .trajectory import KernelTracker, critical_learning_rate, kernel_distance
 
 __version__ = "0.2.0"
@@ -66,7 +66,7 @@ __all__ = [
     "Elementwise", "lift", "Kernels", "MLP", "mlp", "infinite_width_kernels", "infinite_width_kernels_by_depth",
     # finite networks
     "empirical_ntk", "linearize", "LinearizedModel", "monte_carlo_kernels", "MonteCarloKernels", "train",
-    "Trajectory", "KernelTracker", "critical_learning_rate", "kernel_distance",
+    "Trajectory", "TrainingDiverged", "KernelTracker", "critical_learning_rate", "kernel_distance",
     # signal propagation
     "signal_propagation", "SignalPropagation",
     # dynamics

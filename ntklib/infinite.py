@@ -15,7 +15,7 @@ from __future__ import annotations
 from torch import Tensor
 
 from ._checks import positive_int
-from .layers import FanOut, Layer, parallel, serial
+from .layers import Layer
 from .layers.activations import Activation
 from .layers.state import Kernels
 from .networks import mlp
@@ -77,9 +77,9 @@ def infinite_width_kernels_by_depth(
     """The kernels of :func:`infinite_width_kernels` for every depth 1..max_depth, in one pass.
 
     The network with ``l`` hidden layers shares its first ``l`` layers with every deeper one, so
-    one network that branches a readout off after every hidden layer,
-    ``serial(Dense, phi, FanOut(2), parallel(readout, serial(Dense, phi, FanOut(2), ...)))``,
-    gives all of them: ``max_depth`` layer passes instead of ``max_depth (max_depth + 1) / 2``.
+    one pass through ``max_depth`` hidden layers, sending a copy of the state through the readout
+    after each, gives all of them: ``max_depth`` layer passes instead of
+    ``max_depth (max_depth + 1) / 2``.
     Arguments as in :func:`infinite_width_kernels`.
 
     Returns:
@@ -88,17 +88,42 @@ def infinite_width_kernels_by_depth(
     """
     max_depth = positive_int("max_depth", max_depth)
     net = _description(max_depth, activation, W_std, b_std, parameterization, width, negative_slope)
-    readout = net.layers[-1]
-    branching: Layer = readout
-    for depth in range(max_depth, 0, -1):
-        hidden = net.layers[2 * (depth - 1): 2 * depth]
-        branching = serial(*hidden, readout) if depth == max_depth else serial(*hidden, FanOut(2), parallel(readout, branching))
-    outputs = branching.kernels(X, Z, block_size=block_size)
-    flat: list[Kernels] = []
-    while isinstance(outputs, list):  # [K_1, [K_2, [K_3, ...]]]
-        flat.append(outputs[0])
-        outputs = outputs[1]
-    return flat + [outputs]
+    return _ReadoutAfterEveryLayer(net.layers[:-1], net.layers[-1]).kernels(X, Z, block_size=block_size)
+
+
+class _ReadoutAfterEveryLayer(Layer):
+    """The hidden layers (Dense, activation) pairs, with a copy of the state sent through the
+    readout after each pair: one output per depth, in one pass and without nesting."""
+
+    def __init__(self, hidden: tuple[Layer, ...], readout: Layer) -> None:
+        self.hidden, self.readout = hidden, readout
+
+    def output_shape(self, in_shape):
+        shapes = []
+        for index, layer in enumerate(self.hidden):
+            in_shape = layer.output_shape(in_shape)
+            if index % 2 == 1:
+                shapes.append(self.readout.output_shape(in_shape))
+        return shapes
+
+    def kernel_of_inputs(self, X, Z, same, layout):
+        state = self.hidden[0].kernel_of_inputs(X, Z, same, layout)
+        return self._rest(state)
+
+    def kernel(self, state):
+        return self._rest(self.hidden[0].kernel(state))
+
+    def _rest(self, state):
+        outputs = []
+        for index, layer in enumerate(self.hidden[1:], start=1):
+            state = layer.kernel(state)
+            if index % 2 == 1:
+                last = index == len(self.hidden) - 1  # the last readout may consume the state
+                outputs.append(self.readout.kernel(state if last else state.clone()))
+        return outputs
+
+    def sublayers(self):
+        return (*self.hidden, self.readout)
 
 
 def _description(depth, activation, W_std, b_std, parameterization, width, negative_slope):

@@ -82,9 +82,9 @@ def signal_propagation(activation: str | Activation, W_std: float, b_std: float 
                          "vanish with depth; use b_std > 0 or a larger W_std")  # fmt: skip
     chi_1 = W_var * float(act.dual(t(q), t(q), t(q))[1])
     # The correlation map's fixed point: c* = 1 in the ordered phase (and at the edge, up to
-    # rounding of chi_1); from 0 the map converges to the other fixed point c* < 1 otherwise.
-    c = 1.0 if chi_1 <= 1.0 + 1e-12 else _fixed_point(lambda c: correlation_map(c, q), 0.0, iterations, tolerance,
-                                               "the correlation map")  # fmt: skip
+    # rounding of chi_1); in the chaotic phase the stable one below 1, by bisection (iterating
+    # the map converges arbitrarily slowly near the edge).
+    c = 1.0 if chi_1 <= 1.0 + 1e-12 else _chaotic_fixed_point(lambda c: correlation_map(c, q) - c)
     chi_c = W_var * float(act.dual(t(q), t(q), t(c * q))[1])
     step = 1e-5 * q
     chi_q = (length_map(q + step) - length_map(q - step)) / (2 * step)
@@ -103,10 +103,35 @@ def _fixed_point(fn, x: float, iterations: int, tolerance: float, what: str) -> 
         if abs(second - first) <= tolerance * max(1.0, abs(second)):
             return second
         curvature = second - 2 * first + x
-        jump = second - (second - first) ** 2 / curvature if curvature != 0 else second
+        step = second - first
+        jump = second - step * step / curvature if curvature != 0 else second
         # Keep the extrapolation only where it is a step of the same kind (no overshoot).
         x = jump if math.isfinite(jump) and (jump - second) * (second - first) >= 0 else second
     raise ValueError(f"{what} did not converge in {iterations} iterations (last value {x:g}); raise iterations=")
+
+
+def _chaotic_fixed_point(excess) -> float:
+    """The root of excess(c) = C(c) - c in [0, 1) for a correlation map C whose fixed point 1 is
+    unstable (slope chi_1 > 1): excess >= 0 at 0 and < 0 just below 1, one sign change between."""
+    low, high = 0.0, None
+    if excess(low) <= 0:
+        return low
+    for k in range(1, 53):  # a point just below 1 where C(c) < c
+        if excess(1.0 - 2.0**-k) < 0:
+            high = 1.0 - 2.0**-k
+            break
+        low = 1.0 - 2.0**-k
+    if high is None:  # indistinguishable from 1 in floating point
+        return 1.0
+    for _ in range(200):
+        middle = (low + high) / 2
+        if middle in (low, high):
+            break
+        if excess(middle) > 0:
+            low = middle
+        else:
+            high = middle
+    return (low + high) / 2
 
 
 def _depth_scale(chi: float) -> float:

@@ -94,8 +94,10 @@ def train(
             (never under pytest or in a notebook kernel).
 
     Raises:
-        ValueError: when the loss becomes NaN/inf, naming the step (lr above the stable limit
-            ~2n / lambda_max(NTK)); and for bad arguments.
+        TrainingDiverged: (a ValueError) when the loss becomes NaN/inf, naming the step (lr
+            above the stable limit ~2n / lambda_max(NTK)); its ``trajectory`` holds the records
+            made before that step.
+        ValueError, TypeError: for bad arguments.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module; got {type(model).__name__}")
@@ -138,9 +140,13 @@ def train(
             loss = 0.5 * (f - y).square().sum() / n
             value = loss.item()
             if not math.isfinite(value):
-                raise ValueError(
+                partial = Trajectory(torch.tensor(sorted(s for s in records if s < step), dtype=torch.int64),
+                                     _stack(outputs, f), _stack(test_outputs, f) if X_test is not None else None,
+                                     _stack(losses, loss), torch.tensor([s for s in ntk_steps if s < step],
+                                                                        dtype=torch.int64), ntks)  # fmt: skip
+                raise TrainingDiverged(
                     f"training diverged at step {step}: the loss is {value} (lr={lr:g} is probably above "
-                    "the stable limit ~2n / lambda_max(NTK); lower it)"
+                    "the stable limit ~2n / lambda_max(NTK); lower it)", partial
                 )
             if step in records:
                 outputs.append(f.detach())
@@ -173,6 +179,20 @@ def train(
         ntk_steps=torch.tensor(ntk_steps, dtype=torch.int64),
         ntk=ntks,
     )
+
+
+class TrainingDiverged(ValueError):
+    """Raised by :func:`train` when the loss becomes NaN/inf; ``trajectory`` holds what was
+    recorded before the step that diverged (the catapult and divergence phases of large
+    learning rates are measured from it)."""
+
+    def __init__(self, message: str, trajectory: Trajectory) -> None:
+        super().__init__(message)
+        self.trajectory = trajectory
+
+
+def _stack(records: list[Tensor], like: Tensor) -> Tensor:
+    return torch.stack(records) if records else like.detach().new_empty((0, *like.shape))
 
 
 def _schedule(name: str, record: object, steps: int, allow_empty: bool) -> list[int]:

@@ -452,3 +452,18 @@ def test_train_takes_images():
     for p, p0, g in zip(model.parameters(), by_hand.parameters(), grads):
         torch.testing.assert_close(p, p0 - 0.3 * g, rtol=1e-13, atol=1e-15)
     assert run.train.shape == (2, 5) and run.test.shape == (2, 2) and float(run.loss[1]) < float(run.loss[0])
+
+
+def test_a_diverging_run_keeps_what_it_recorded():
+    """Above the stable limit the loss blows up; the error carries the records made before."""
+    gen = torch.Generator().manual_seed(5)
+    X = torch.randn(8, 3, generator=gen, dtype=F64)
+    y = torch.sin(X[:, 0])
+    net = nk.MLP(3, 64, 1, generator=gen, dtype=F64)
+    lr = 3 * nk.critical_learning_rate(nk.empirical_ntk(net, X))
+    with pytest.raises(nk.TrainingDiverged, match="training diverged at step") as caught:
+        nk.train(net, X, y, lr=lr, steps=2000, record=1)
+    partial = caught.value.trajectory
+    assert len(partial.steps) >= 2 and bool(torch.isfinite(partial.loss).all())
+    assert partial.steps.tolist() == list(range(len(partial.steps))) and partial.train.shape == (len(partial.steps), 8)
+    assert float(partial.loss[-1]) > 10 * float(partial.loss[0])  # it was blowing up

@@ -41,7 +41,7 @@ def test_relu_closed_forms(W_std, b_std):
     assert sp.depth_scale_c == pytest.approx(-1 / math.log(W_std**2 / 2), rel=1e-6)
 
 
-@pytest.mark.parametrize("W_std, b_std", [(1.0, 0.3), (1.5, 0.1), (3.0, 0.05)])
+@pytest.mark.parametrize("W_std, b_std", [(1.0, 0.3), (1.5, 0.1), (3.0, 0.05), (1.4**0.5, 0.05**0.5)])
 def test_erf_against_quadrature(W_std, b_std):
     """The fixed points by iterating quadrature maps; the slopes as their defining expectations
     (Schoenholz et al. 2017, eqs. 5-9): chi_q = W^2 E[phi'^2 + phi phi''] at q*."""

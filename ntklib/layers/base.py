@@ -149,8 +149,18 @@ def _as_shape(in_shape: object) -> tuple[int, ...]:
 
 def all_layers(net: Layer) -> list[Layer]:
     """Every layer of a network, combinators unfolded, in the order their rules run (branches
-    one after the other)."""
-    return [leaf for layer in net.sublayers() for leaf in all_layers(layer)] if net.sublayers() else [net]
+    one after the other). Iterative, so that very deep descriptions do not hit Python's
+    recursion limit."""
+    out: list[Layer] = []
+    stack = [net]
+    while stack:
+        layer = stack.pop()
+        children = layer.sublayers()
+        if children:
+            stack.extend(reversed(children))
+        else:
+            out.append(layer)
+    return out
 
 
 def layout_for(net: Layer, spatial: tuple[int, ...]):
