@@ -27,7 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from typing import Callable, Hashable
+from collections.abc import Callable, Hashable
 
 import numpy as np
 import torch
@@ -233,9 +233,9 @@ def train_gd(X: Tensor, y: np.ndarray, train: np.ndarray, test: np.ndarray, thet
     f0, f0_test, f_test = run.train[0].double(), run.test[0].double(), run.test[-1].double()
     flow = nk.gradient_flow(K, Y, f0, settings.gd_steps, lr, K_test, f0_test).test
     curve = nk.gradient_flow(K, Y, None, list(FLOW_TIMES), lr, K_test).test  # (T, m, 10)
-    return dict(pred=f_test.argmax(1).numpy(), flow_pred=flow.argmax(1).numpy(), lr=lr,
-                rms_gap=float((f_test - flow).square().mean().sqrt()),
-                curve=[float(np.mean(F.argmax(1).numpy() == y[test])) for F in curve])  # fmt: skip
+    return {"pred": f_test.argmax(1).numpy(), "flow_pred": flow.argmax(1).numpy(), "lr": lr,
+            "rms_gap": float((f_test - flow).square().mean().sqrt()),
+            "curve": [float(np.mean(F.argmax(1).numpy() == y[test])) for F in curve]}  # fmt: skip
 
 
 def _adam_model(seed: int, channels: int) -> nn.Module:
@@ -281,8 +281,8 @@ def tune_adam(X: Tensor, y: np.ndarray, train: np.ndarray, settings: Settings) -
     steps = list(range(0, settings.adam_max_steps + 1, settings.adam_every))
     best = max(((lr, i) for lr in settings.adam_lrs for i in range(len(steps))),
                key=lambda p: (table[p[0]][p[1]], -p[1], -p[0]))  # fmt: skip
-    return dict(lr=best[0], steps=steps[best[1]], validation={str(lr): acc for lr, acc in table.items()},
-                read_at=steps, n_fit=len(fit), n_val=len(val))  # fmt: skip
+    return {"lr": best[0], "steps": steps[best[1]], "validation": {str(lr): acc for lr, acc in table.items()},
+            "read_at": steps, "n_fit": len(fit), "n_val": len(val)}  # fmt: skip
 
 
 # --------------------------------------------------------------------------------- splits
