@@ -87,3 +87,16 @@ def test_errors():
     with pytest.raises(ValueError, match=r"ntk must be square"):
         nk.critical_learning_rate(torch.zeros(3, 2, dtype=F64))
     assert math.isfinite(tracker.critical_learning_rate())
+
+
+def test_tracker_bad_models_and_schedules():
+    X, y = data()
+    frozen = nk.MLP(3, 8, 1, dtype=F64)
+    frozen.requires_grad_(False)
+    with pytest.raises(ValueError, match=r"has no trainable parameters"):
+        nk.KernelTracker(frozen, X)
+    with pytest.raises(TypeError, match="tracker must be an nk.KernelTracker; got str"):
+        nk.train(nk.MLP(3, 8, 1, dtype=F64), X, y, lr=0.1, steps=2, tracker="every step")
+    net = nk.MLP(3, 8, 1, dtype=F64)
+    with pytest.raises(ValueError, match="record is empty: nothing would be recorded"):
+        nk.train(net, X, y, lr=0.1, steps=2, record=[], tracker=nk.KernelTracker(net, X))
