@@ -185,7 +185,7 @@ def main() -> None:
                 for library in libraries:
                     previous = last_peak.get(library)
                     projected = previous and previous[1] * (n / previous[0]) ** 2
-                    if projected and projected > 0.9 * available_MiB():
+                    if projected and projected > 0.7 * available_MiB():
                         row[library] = {"skipped": f"needs about {projected / 1024:.0f} GiB, projected from n = "
                                                    f"{previous[0]}; {available_MiB() / 1024:.0f} GiB available"}  # fmt: skip
                     else:

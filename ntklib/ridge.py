@@ -50,7 +50,7 @@ def solve_kernel_system(
     is factorised, NaN or inf in K's lower triangle (the one read) make it fail, and only then is
     K scanned to name them; one sum over K catches them in the upper triangle.
 
-    ``solver="pcg"`` (:mod:`ntklib.pcg`): conjugate gradients with a Nystrom preconditioner of
+    ``solver="pcg"``: conjugate gradients with a Nystrom preconditioner of
     ``rank`` landmarks drawn with ``seed``, touching K only through products with it, so K can be
     an ``.npy`` file (from :func:`ntklib.kernel_matrix` with ``out=``) streamed in row bands, never
     all in memory. It stops when ``|y - (K + ridge I) alpha| <= tol |y|`` for every column of y, or
@@ -68,7 +68,7 @@ def solve_kernel_system(
         rank: "pcg": Nystrom landmarks M; the preconditioner keeps n x M float64 (about three
             times that while it is built) and costs M rows of K and an n x M SVD.
         seed: "pcg": seeds the draw of the landmarks.
-        return_info: also return a :class:`ntklib.pcg.SolveInfo` (iterations, final residual).
+        return_info: also return a :class:`ntklib.SolveInfo` (iterations, final residual).
 
     Returns:
         The dual coefficients alpha, the same shape as y; ``(alpha, info)`` with ``return_info``.
@@ -184,7 +184,7 @@ class KernelRidge:
     Attributes (after ``fit``):
         X_fit\_: (n, d) training inputs.
         dual_coef\_: alpha, (n,) or (n, k).
-        solve_info\_: a :class:`ntklib.pcg.SolveInfo`: solver, iterations, final relative residual.
+        solve_info\_: a :class:`ntklib.SolveInfo`: solver, iterations, final relative residual.
     """
 
     def __init__(self, kernel: Kernel = gaussian_kernel, ridge: float = 1.0, *, solver: str = "cholesky",

@@ -8,7 +8,7 @@ A layer with fan_in inputs (features, or channels x filter size) computes
 Both give the same function at initialisation; they differ in which numbers are trained, hence
 in the gradients and the NTK. A third, "mup" (the maximal update parameterisation), scales the
 first and last weight layers differently so that features keep learning as the width grows
-(Yang & Hu 2021); :func:`parameter_scales` gives all three. ``b_std=None`` means no bias parameter (with "ntk", ``b_std=0``
+(Yang & Hu 2021); ``parameter_scales`` gives all three. ``b_std=None`` means no bias parameter (with "ntk", ``b_std=0``
 keeps a bias whose gradient is zero, as in neural-tangents). Kernel rules, with Sigma the
 covariance of the layer's input per feature (channel) and Theta its NTK:
 
@@ -169,7 +169,7 @@ def parameter_scales(parameterization: str, W_std: float, b_std: float | None, f
 
 class WeightModule(nn.Module):
     """What the finite Dense and Conv layers share: their parameters, drawn weights first, then
-    biases, with the scales of :func:`parameter_scales`. ``bias`` is None when b_std is None.
+    biases, with the scales of ``parameter_scales``. ``bias`` is None when b_std is None.
 
     Attributes:
         weight: the weight parameter; bias: the bias parameter or None.
@@ -223,7 +223,7 @@ class DenseModule(WeightModule):
     "mup"                   sqrt(m)                 sqrt(fan_out)
     ======================  ======================  =========================
 
-    (m by role, see :func:`parameter_scales`), and ``bias_scale = 0`` when ``b_std is None``
+    (m by role, see ``parameter_scales``), and ``bias_scale = 0`` when ``b_std is None``
     (then ``bias`` is None).
 
     Attributes:
