@@ -150,6 +150,24 @@ def nonnegative_real(name: str, value: object) -> float:
     return value
 
 
+def nonnegative_scale(name: str, value: object) -> float | Tensor:
+    """A standard deviation >= 0 (W_std, b_std): a real number, returned as a float, or a
+    one-element floating-point tensor that requires grad, returned as a 0-d view of itself so
+    that kernels computed with it are differentiable in it (``ntklib.gpytorch_kernels``). Any
+    other tensor is read as a number, as before."""
+    if isinstance(value, Tensor) and value.requires_grad:
+        if value.numel() != 1 or not value.dtype.is_floating_point:
+            raise TypeError(f"{name} must be a real number or a one-element floating-point tensor; got a "
+                            f"{value.dtype} tensor of shape {tuple(value.shape)}")  # fmt: skip
+        number = float(value.detach())
+        if not math.isfinite(number):
+            raise ValueError(f"{name} must be finite; got {number}")
+        if not number >= 0:
+            raise ValueError(f"{name} must be >= 0; got {number}")
+        return value.reshape(())
+    return nonnegative_real(name, value)
+
+
 def nonnegative_int(name: str, value: object) -> int:
     if isinstance(value, bool) or not isinstance(value, Integral):
         raise TypeError(f"{name} must be an integer; got {value!r}")
@@ -167,7 +185,7 @@ def positive_int(name: str, value: object) -> int:
 
 def _real(name: str, value: object) -> float:
     if isinstance(value, Tensor) and value.numel() == 1:
-        value = value.item()
+        value = value.detach().item()
     if isinstance(value, bool) or not isinstance(value, Real):
         raise TypeError(f"{name} must be a real number; got {value!r}")
     value = float(value)
@@ -191,3 +209,19 @@ def as_square_unscanned(name: str, K: object) -> Tensor:
     if K.shape[0] != K.shape[1]:
         raise ValueError(f"{name} must be square (n, n); got shape {tuple(K.shape)}")
     return K
+
+
+def check_kernel_finite(name: str, K: Tensor, X: Tensor, Z: Tensor, hint: str) -> Tensor:
+    """Return K when every entry is finite; otherwise raise naming the rows of X and Z whose
+    entries overflowed (finite inputs can still give a kernel beyond the dtype's range)."""
+    if bool(torch.isfinite(K).all()):
+        return K
+    bad = ~torch.isfinite(K)
+    per_row, per_column = bad.sum(1), bad.sum(0)  # the culprits have the most bad entries
+    rows = torch.nonzero(per_row == per_row.max())[:, 0][:5].tolist()
+    columns = torch.nonzero(per_column == per_column.max())[:, 0][:5].tolist()
+    norms = [f"{float(X[i].double().norm()):.2e}" for i in rows]
+    where = f"rows {rows} of X (norms {norms})" + ("" if Z is X else f" and rows {columns} of Z")
+    largest = torch.finfo(K.dtype).max
+    raise ValueError(f"{name} overflowed to inf/NaN in {K.dtype} (largest finite value {largest:.1e}), most at {where}: "
+                     f"{hint}")  # fmt: skip

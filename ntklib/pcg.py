@@ -49,9 +49,23 @@ class SolveInfo(NamedTuple):
         solver: "cholesky" or "pcg".
         iterations: CG iterations (0 for Cholesky).
         residual: max over the columns of y of ``|y - (K + ridge I) alpha| / |y|``, recomputed from
-            alpha at the end (one more product with K), not CG's running estimate.
+            alpha at the end (one more product with K), not CG's running estimate; for a Cholesky
+            fallback, that of the system asked for (without the jitter, with every eigenvalue).
         converged: residual <= tol (always True for Cholesky).
         history: CG's running residual (max over columns) after each iteration.
+        condition: an estimate of cond(K + ridge I) = lambda_max / lambda_min. Cholesky: a lower
+            bound from the pivots, the diagonal and the mean row sum, computed with no extra pass
+            over K (see ``solve_kernel_system``); with ``fallback="eigh"`` the ratio of the extreme
+            eigenvalues (inf when the smallest is <= 0); with ``"jitter"`` that of the jittered
+            system. PCG: (Lambda_1 + ridge) / ridge, Lambda_1 the largest eigenvalue of the Nystrom
+            approximation (a lower bound on lambda_max(K), close to it with a few landmarks) and the
+            ridge in place of lambda_min(K + ridge I) >= ridge: an upper estimate, close to the
+            truth when K's smallest eigenvalue is far below the ridge, as it is for smooth kernels
+            of many points. CG's own coefficients would give the preconditioned system's condition
+            number instead, not K + ridge I's.
+        fallback: the Cholesky fallback that produced alpha ("float64", "jitter", "eigh"), or None.
+        jitter: ``fallback="jitter"``: the jitter added to the diagonal (0.0 otherwise).
+        clipped: ``fallback="eigh"``: the number of eigenvalues dropped (0 otherwise).
     """
 
     solver: str
@@ -59,6 +73,10 @@ class SolveInfo(NamedTuple):
     residual: float
     converged: bool
     history: tuple[float, ...] = ()
+    condition: float | None = None
+    fallback: str | None = None
+    jitter: float = 0.0
+    clipped: int = 0
 
 
 class NystromPreconditioner:

@@ -182,3 +182,25 @@ def test_cnn_empirical_benchmark_methods_compute_the_same_kernel():
     assert kernels[0].shape == (5, 5)
     for other in kernels[1:]:
         torch.testing.assert_close(other, kernels[0], rtol=1e-10, atol=1e-12)
+
+
+def test_float32_breakdown_script_measures_the_breakdown(tmp_path):
+    """At n = 100 and 400: the ReLU NTK solves in float32 as in float64; the erf NTK's float32
+    system is refused at n = 400 and the fixes solve it (the appendix's claims, at small n)."""
+    breakdown = load("float32_breakdown")
+    out = tmp_path / "breakdown.json"
+    result = breakdown.main(["--sizes", "100", "400", "--out", str(out)])
+    assert json.loads(out.read_text())["rows"] == json.loads(json.dumps(result["rows"]))
+    rows = {(r["kernel"], r["n"]): r for r in result["rows"]}
+    for n in (100, 400):
+        relu, erf = rows["relu", n], rows["erf", n]
+        assert erf["condition"] > 100 * relu["condition"]
+        assert not relu["float32"]["raised"] and relu["float32"]["prediction_gap"] < 1e-3
+        assert relu["float64"]["accuracy"] > 0.8
+    erf = rows["erf", 400]
+    assert erf["float32"]["raised"] and erf["condition"] > erf["one_over_n_eps_float32"]
+    for fix in ("float64", "jitter"):
+        solved = erf["fixes"][fix]
+        assert not solved["raised"] and solved["fallback"] == fix
+        assert solved["accuracy"] >= erf["float64"]["accuracy"] - 0.05
+    assert erf["fixes"]["jitter"]["jitter"] > 0

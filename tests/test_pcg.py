@@ -182,3 +182,22 @@ def test_large_kernels_benchmark_runs_at_tiny_sizes(tmp_path, monkeypatch):
     assert row["methods"]["cholesky"]["iterations"] == 0
     assert list(tmp_path.glob("ntk-store-*")) == []  # the store is removed after its run
     assert set(written["cholesky_overhead"]["seconds"]) == {"ntklib", "scipy_bare", "scipy_default", "torch_bare"}
+
+
+def test_pcg_condition_estimate_from_the_nystrom_approximation():
+    """(Lambda_1 + ridge) / ridge against torch.linalg.cond of K + ridge I. A smooth Gaussian
+    kernel (lambda_min(K) = 7e-7, far below the ridges): equal within 5%. The NTK (lambda_min(K)
+    = 0.027, not below them): an upper bound, above the truth by at most (lambda_min + ridge) / ridge."""
+    X, y, _, _ = regression(300)
+    eye = torch.eye(300, dtype=torch.float64)
+    for kernel, ridges in ((functools.partial(nk.gaussian_kernel, sigma=2.0), (1e-3, 1e-1)), (ntk, (1e-3, 1e-1))):
+        K = kernel(X)
+        smallest = float(torch.linalg.eigvalsh(K)[0])
+        for ridge in ridges:
+            _, info = nk.solve_kernel_system(K, y, ridge, solver="pcg", rank=100, return_info=True)
+            truth = float(torch.linalg.cond(K + ridge * eye))
+            assert info.fallback is None and info.jitter == 0.0 and info.clipped == 0
+            if smallest < 1e-3 * ridge:
+                assert info.condition == pytest.approx(truth, rel=0.05)
+            else:  # the bound (lambda_1 + ridge) / ridge, lambda_1 from the Nystrom approximation
+                assert truth <= info.condition <= truth * (smallest + ridge) / ridge * (1 + 1e-6)

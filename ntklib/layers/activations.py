@@ -7,7 +7,10 @@ For a zero-mean Gaussian pair (u, v) with variances q_a, q_b and covariance s, t
 
 closed forms for the ReLU family, erf and GELU, and a Hermite series for any other torch
 function (:class:`Elementwise`). A dual map takes (q_a, q_b, s) as broadcastable tensors and
-returns both expectations; it may overwrite ``s``.
+returns both expectations; it may overwrite ``s``. The closed forms work in place, except when
+autograd tracks their inputs (W_std, b_std given as tensors that require grad, as in
+``ntklib.gpytorch_kernels``): then the same formulas run out of place, so gradients flow
+through the recursion.
 """
 
 from __future__ import annotations
@@ -101,6 +104,24 @@ class ActivationModule(nn.Module):
 # ----------------------------------------------------------------------------- the ReLU family
 
 
+def tracks_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records operations on any of ``tensors`` (then no in-place arithmetic
+    may overwrite a value that a backward formula needs)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
+def arccos_flat_at_ends(c: Tensor) -> Tensor:
+    """arccos(c) for c in [-1, 1], with gradient 0 at c = +-1, where arccos' is infinite.
+
+    Used only under autograd. c = cos t reaches 1 exactly for an input with itself (or a
+    duplicate), where it is 1 whatever the hyperparameters are, so its true derivative along
+    them is 0; autograd would multiply that 0 by an infinite arccos' and give NaN.
+    """
+    inside = c.abs() < 1
+    safe = torch.where(inside, c, torch.zeros_like(c))
+    return torch.where(inside, torch.arccos(safe), torch.arccos(c.detach()))
+
+
 class ABReluDual:
     """Dual maps of phi(u) = b u for u > 0, a u for u < 0 (ReLU: a=0, b=1; ``|u|``: a=-1, b=1).
 
@@ -118,7 +139,7 @@ class ABReluDual:
         # overflow (float32 inputs of norm ~1e15, deep nets with large W_std) the product of the
         # square roots is used. Zero-norm inputs give 0/0: clamping the norms picks some angle,
         # and the norms factor kills it.
-        if max(float(q_a.max()), float(q_b.max())) < math.sqrt(torch.finfo(s.dtype).max) / 2:
+        if max(float(q_a.detach().max()), float(q_b.detach().max())) < math.sqrt(torch.finfo(s.dtype).max) / 2:
             norms = torch.mul(q_a, q_b).sqrt_()
         else:
             norms = torch.mul(q_a.sqrt(), q_b.sqrt())
@@ -127,6 +148,10 @@ class ABReluDual:
         # (The clamped copy only divides: multiplying by the true norms keeps a zero input's
         # kernel exactly 0.)
         cos_t = torch.div(s, norms.clamp_min(torch.finfo(s.dtype).tiny)).clamp_(-1.0, 1.0)
+        if tracks_grad(q_a, q_b, s):  # the same formulas, out of place
+            t = arccos_flat_at_ends(cos_t)
+            nngp = (norms * torch.sin(t) - t * s) * self.gap_sq + s * self.half_sum_sq
+            return nngp, self.half_sum_sq - self.gap_sq * t
         # sin t from cos t, not from q_a q_b - s^2: at cos t = 1 it is exactly 0.
         nngp = torch.mul(cos_t, cos_t).neg_().add_(1.0).clamp_min_(0.0).sqrt_()
         t = cos_t.arccos_()
@@ -193,6 +218,9 @@ def erf_dual(q_a: Tensor, q_b: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
     clamping it at 1 only removes rounding.
     """
     product = (1.0 + 2.0 * q_a) * (1.0 + 2.0 * q_b)
+    if tracks_grad(q_a, q_b, s):  # the same formulas, out of place
+        derivative = (product - 4.0 * s * s).clamp_min(1.0).rsqrt() * (4.0 / math.pi)
+        return torch.arcsin((2.0 * s / product.sqrt()).clamp(-1.0, 1.0)) * (2.0 / math.pi), derivative
     derivative = (product - 4.0 * s * s).clamp_min_(1.0).rsqrt_().mul_(4.0 / math.pi)
     nngp = torch.arcsin((2.0 * s).div_(product.sqrt_()).clamp_(-1.0, 1.0)).mul_(2.0 / math.pi)
     return nngp, derivative
@@ -333,6 +361,12 @@ class HermiteDual:
         return total
 
     def __call__(self, q_a: Tensor, q_b: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
+        if tracks_grad(q_a, q_b, s):
+            raise LayerError(
+                f"{self.name}: the kernels of an Elementwise activation are not differentiable in W_std and b_std "
+                "(its Hermite coefficients are computed once per distinct variance); use a closed-form activation "
+                "(Relu, LeakyRelu, Abs, Erf, Gelu) or numbers for W_std and b_std"
+            )
         norms = torch.mul(q_a, q_b).sqrt_()
         rho = torch.div(s, norms.clamp_min(torch.finfo(s.dtype).tiny)).clamp_(-1.0, 1.0)
         return (self._series(q_a, q_b, rho, self.fn, "phi"),

@@ -27,7 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
-from .._checks import PARAMETERIZATIONS, check_parameterization, nonnegative_real, positive_int
+from .._checks import PARAMETERIZATIONS, check_parameterization, nonnegative_real, nonnegative_scale, positive_int
 from .base import Layer, LayerError
 from .spatial import PADDINGS, pad_images, padding_amounts, patches, window_sum
 from .state import KernelState, pair_gram, self_gram
@@ -46,15 +46,17 @@ def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator | Non
 class _Weighted(Layer):
     """What Dense and Conv share: widths, scales, the parameterisation and the kernel update."""
 
-    def __init__(self, out: int, W_std: float, b_std: float | None, parameterization: str) -> None:
+    def __init__(self, out: int, W_std: float | Tensor, b_std: float | Tensor | None, parameterization: str) -> None:
         self.out = positive_int("out_features", out)
         # W_std = 0 is allowed: a zero-variance layer (a residual branch that is switched off).
-        self.W_std = nonnegative_real("W_std", W_std)
-        self.b_std = None if b_std is None else nonnegative_real("b_std", b_std)
+        # A tensor that requires grad stays a tensor: the kernel rule is then differentiable in it.
+        self.W_std = nonnegative_scale("W_std", W_std)
+        self.b_std = None if b_std is None else nonnegative_scale("b_std", b_std)
         self.parameterization = check_parameterization(parameterization)
 
     def _scales(self) -> str:
-        return f"W_std={self.W_std:g}, b_std={self.b_std}, parameterization={self.parameterization!r}"
+        b_std = f"{float(self.b_std.detach()):g}" if isinstance(self.b_std, Tensor) else self.b_std
+        return f"W_std={self.W_std:g}, b_std={b_std}, parameterization={self.parameterization!r}"
 
     def _no_mup_kernel(self) -> None:
         if self.parameterization == "mup":
@@ -110,9 +112,13 @@ class Dense(_Weighted):
         b_std: bias standard deviation sigma_b >= 0, or None for no bias.
         parameterization: "ntk", "standard" or "mup" (module docstring; "mup" builds finite
             networks only: it has no fixed infinite-width kernels).
+
+    W_std and b_std may also be one-element tensors that require grad: the kernels are then
+    differentiable in them (autograd through the whole recursion; the finite network built by
+    ``init`` uses their values). This is how ``ntklib.gpytorch_kernels`` learns them.
     """
 
-    def __init__(self, out_features: int, W_std: float = 1.0, b_std: float | None = None,
+    def __init__(self, out_features: int, W_std: float | Tensor = 1.0, b_std: float | Tensor | None = None,
                  parameterization: str = "ntk") -> None:  # fmt: skip
         super().__init__(out_features, W_std, b_std, parameterization)
 
@@ -292,11 +298,12 @@ class Conv(_Weighted):
         filter_shape: (fh, fw) or (fl,); an int means a square filter of a 2-D convolution.
         stride: int or tuple, >= 1.
         padding: "valid", "same" or "circular".
-        W_std, b_std, parameterization: as :class:`Dense`; fan_in = C * fh * fw.
+        W_std, b_std, parameterization: as :class:`Dense` (tensors that require grad included);
+            fan_in = C * fh * fw.
     """
 
     def __init__(self, out_channels: int, filter_shape: int | tuple[int, ...], stride: int | tuple[int, ...] = 1,
-                 padding: str = "valid", W_std: float = 1.0, b_std: float | None = None,
+                 padding: str = "valid", W_std: float | Tensor = 1.0, b_std: float | Tensor | None = None,
                  parameterization: str = "ntk") -> None:  # fmt: skip
         super().__init__(out_channels, W_std, b_std, parameterization)
         if isinstance(filter_shape, int) and not isinstance(filter_shape, bool):
