@@ -51,8 +51,9 @@ def solve_kernel_system(
     returning a meaningless alpha. The test is the Cholesky pivots: (min_i L_ii / max_i L_ii)^2
     bounds 1 / cond(K + ridge I) from above, and below n * eps the solution would carry no correct
     digits. The checks ride on the factorisation: the ridge is added to the diagonal of the one copy
-    that is factorised, NaN or inf in K's lower triangle (the one read) make it fail, and only then
-    is K scanned to name them; one sum over K catches them in the upper triangle.
+    that is factorised, NaN or inf in K's upper triangle (the one read) make it fail, and only then
+    is K scanned to name them; one sum over K catches them in the lower triangle. At its peak the
+    solve holds K and one n x n copy (the factor).
 
     The condition number reported in ``SolveInfo.condition`` costs no extra pass over K: with
     A = K + ridge I and d_i = L_ii^2 (the pivots),
@@ -146,15 +147,28 @@ def _check_fallback(fallback: object, solver: str) -> None:
 
 
 def _factorise(K: Tensor, shift: float) -> Tensor | None:
-    """The Cholesky factor L of K + shift I (one n x n copy, factorised in place), or None when
-    the factorisation fails; NaN/inf in K's lower triangle make it fail, and are then named."""
-    A = K.clone()
+    """The Cholesky factor L of K + shift I, or None when the factorisation fails; NaN/inf in the
+    triangle it reads make it fail, and are then named.
+
+    The one n x n copy is column-major: LAPACK factorises that in place, while a row-major copy
+    would be copied once more inside ``cholesky_ex`` (3 n^2 numbers at the peak instead of 2).
+    For a symmetric K the column-major copy of K^T has K's own bytes, so it is one plain copy;
+    the triangle read is K's upper one."""
+    n = K.shape[0]
+    A = torch.empty_strided((n, n), (1, n), dtype=K.dtype, device=K.device).copy_(K.T)
     A.diagonal().add_(shift)
     L, info = torch.linalg.cholesky_ex(A, out=(A, torch.empty((), dtype=torch.int32, device=K.device)))
     if int(info) != 0 or not bool(torch.isfinite(L.diagonal()).all()):
         check_finite("K", K)
         return None
     return L
+
+
+def _cholesky_solve(L: Tensor, rhs: Tensor) -> Tensor:
+    """(L L^T)^-1 rhs by two triangular solves, which read the column-major L where it is
+    (torch.cholesky_solve would first copy it)."""
+    z = torch.linalg.solve_triangular(L, rhs, upper=False)
+    return torch.linalg.solve_triangular(L.T, z, upper=True)
 
 
 def _condition(K: Tensor, L: Tensor, shift: float, total: float) -> tuple[float, float]:
@@ -194,7 +208,7 @@ def _cholesky(K: Tensor, y: Tensor, ridge: float, want_info: bool, fallback: str
                 f"1/(n*eps) = {1 / (n * eps):.1e} that {K.dtype} resolves, or K is not PSD)")  # fmt: skip
     else:
         total = float(K.sum())
-        if not math.isfinite(total):  # the upper triangle, which the factorisation does not read
+        if not math.isfinite(total):  # the lower triangle, which the factorisation does not read
             check_finite("K", K)
         ratio, condition = _condition(K, L, ridge, total)
         what = None
@@ -203,7 +217,7 @@ def _cholesky(K: Tensor, y: Tensor, ridge: float, want_info: bool, fallback: str
                     f"{1 / (n * eps):.1e})")  # fmt: skip
     used, jitter, clipped = None, 0.0, 0
     if what is None:
-        alpha = torch.cholesky_solve(rhs, L)
+        alpha = _cholesky_solve(L, rhs)
     elif fallback is None:
         raise ValueError(_failure_message(K, ridge, what))
     elif fallback == "float64":
@@ -245,7 +259,7 @@ def _jitter(K: Tensor, rhs: Tensor, ridge: float, total: float) -> tuple[Tensor,
         if L is not None:
             ratio, condition = _condition(K, L, ridge + jitter, total)
             if ratio < 1 / (n * eps):
-                return torch.cholesky_solve(rhs, L), condition, jitter
+                return _cholesky_solve(L, rhs), condition, jitter
         jitter *= 10
     raise ValueError(
         f"K + ridge*I does not factorise in {K.dtype} even with a jitter of {jitter / 10:.1e} "
@@ -258,7 +272,7 @@ def _eigh(K: Tensor, rhs: Tensor, ridge: float) -> tuple[Tensor, float, int]:
     n, eps = K.shape[0], torch.finfo(K.dtype).eps
     A = K.clone()
     A.diagonal().add_(ridge)
-    eigenvalues, V = torch.linalg.eigh(A)  # ascending; reads the lower triangle, as Cholesky does
+    eigenvalues, V = torch.linalg.eigh(A)  # ascending; reads the lower triangle
     del A
     largest = float(eigenvalues[-1])
     threshold = n * eps * max(largest, 0.0)
