@@ -33,7 +33,12 @@ import sys
 import time
 from pathlib import Path
 
-from machine import write_results  # benchmarks/machine.py: the script's folder is on sys.path
+from machine import (  # benchmarks/machine.py: the script's folder is on sys.path
+    available_MiB,
+    peak_memory,
+    reset_peak_memory,
+    write_results,
+)
 
 RESULTS = Path(__file__).parent / "results" / "cnn_kernels.json"
 READOUTS = ("gap", "flatten")
@@ -104,23 +109,6 @@ def measure(library: str, readout: str, n: int, dtype: str, digits: bool, repeat
     return {"seconds": statistics.median(times), "repeats": times, "peak_extra_MiB": peak_memory() - rss_before}
 
 
-def _status_MiB(field: str) -> float:
-    with open("/proc/self/status") as status:
-        line = next(line for line in status if line.startswith(field + ":"))
-    return int(line.split()[1]) / 1024
-
-
-def reset_peak_memory() -> float:
-    """Reset this process's peak resident memory to its current value (Linux), which it returns."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    return _status_MiB("VmRSS")
-
-
-def peak_memory() -> float:
-    return _status_MiB("VmHWM")
-
-
 def compare(readout: str, dtype: str) -> float:
     """Largest relative difference between the two libraries' NNGP and NTK on 50 inputs."""
     import numpy as np
@@ -129,12 +117,6 @@ def compare(readout: str, dtype: str) -> float:
     ours = ntklib_kernels(readout)(x)
     theirs = neural_tangents_kernels(readout, dtype)(x)
     return max(float(np.abs(a - b).max() / np.abs(b).max()) for a, b in zip(ours, theirs))
-
-
-def available_MiB() -> float:
-    with open("/proc/meminfo") as meminfo:
-        fields = dict(line.split(":", 1) for line in meminfo)
-    return int(fields["MemAvailable"].split()[0]) / 1024
 
 
 def worker(library: str, readout: str, n: int, dtype: str, digits: bool, repeats: int, timeout: float) -> dict:

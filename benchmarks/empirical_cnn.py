@@ -69,7 +69,7 @@ def compute(model, X, method):
 def measure(n: int, method: str, repeats: int) -> dict:
     import torch
 
-    from cnn_kernels import peak_memory, reset_peak_memory
+    from machine import peak_memory, reset_peak_memory
 
     model = network(torch.float32)
     X = torch.randn(n, 1, 8, 8, generator=torch.Generator().manual_seed(1))

@@ -41,8 +41,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from machine import (
-    write_results,  # benchmarks/machine.py: the script's folder is on sys.path
+from machine import (  # benchmarks/machine.py: the script's folder is on sys.path
+    available_MiB,
+    peak_memory,
+    reset_peak_memory,
+    write_results,
 )
 
 RESULTS = Path(__file__).parent / "results" / "large_kernels.json"
@@ -81,21 +84,6 @@ def problem(n: int, m: int = M_TEST, d: int = D):
     return X.float(), y.float(), X_test.float(), y_test.float()
 
 
-def _status_MiB(field: str) -> float:
-    with open("/proc/self/status") as status:
-        for line in status:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/self/status")
-
-
-def reset_peak_memory() -> float:
-    """Reset this process's peak resident memory to its current value (Linux), which it returns."""
-    with open("/proc/self/clear_refs", "w") as clear_refs:
-        clear_refs.write("5")
-    return _status_MiB("VmRSS")
-
-
 def measure(n: int, method: str, args, predictions_to: str | None = None) -> dict:
     global NET
     import numpy as np
@@ -131,7 +119,7 @@ def measure(n: int, method: str, args, predictions_to: str | None = None) -> dic
     solve_done = time.perf_counter()
     predictions = TileOperator(ntk, X, tile=args.tile).products(X_test, alpha[:, None])[:, 0]
     predict_done = time.perf_counter()
-    peak = _status_MiB("VmHWM") - base
+    peak = peak_memory() - base
     if store is not None:
         shutil.rmtree(store)
     if predictions_to is not None:
@@ -144,15 +132,7 @@ def measure(n: int, method: str, args, predictions_to: str | None = None) -> dic
 
 def fits_in_memory(n: int, fraction: float = 0.8) -> bool:
     """K and its Cholesky factor, 2 n^2 float32, within ``fraction`` of the available memory."""
-    return 2 * n * n * 4 / 2**20 < fraction * _status_MiB_meminfo("MemAvailable")
-
-
-def _status_MiB_meminfo(field: str) -> float:
-    with open("/proc/meminfo") as meminfo:
-        for line in meminfo:
-            if line.startswith(field + ":"):
-                return int(line.split()[1]) / 1024
-    raise RuntimeError(f"no {field} in /proc/meminfo")
+    return 2 * n * n * 4 / 2**20 < fraction * available_MiB()
 
 
 def cholesky_overhead(n: int, repeats: int) -> dict:

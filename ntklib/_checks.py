@@ -23,6 +23,13 @@ def check_parameterization(parameterization: object) -> str:
 
 def as_matrix(name: str, X: object) -> Tensor:
     """Check that ``X`` is a finite, non-empty, floating-point tensor of shape (n, d)."""
+    X = _as_matrix_unscanned(name, X)
+    check_finite(name, X)
+    return X
+
+
+def _as_matrix_unscanned(name: str, X: object) -> Tensor:
+    """:func:`as_matrix` without the O(n d) scan for NaN/inf."""
     if not isinstance(X, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor of shape (n, d); got {type(X).__name__}")
     if X.ndim != 2:
@@ -31,7 +38,6 @@ def as_matrix(name: str, X: object) -> Tensor:
     if X.shape[0] == 0 or X.shape[1] == 0:
         raise ValueError(f"{name} is empty: shape {tuple(X.shape)}; need at least one row and one column")
     check_floating(name, X)
-    check_finite(name, X)
     return X
 
 
@@ -198,14 +204,7 @@ def as_square_unscanned(name: str, K: object) -> Tensor:
     """:func:`as_square` without the scan for NaN/inf (an O(n^2) pass), for callers whose next
     step fails on such values anyway (a Cholesky factorisation) and then calls
     :func:`check_finite` to name them. Same messages as ``as_square``."""
-    if not isinstance(K, Tensor):
-        raise TypeError(f"{name} must be a torch.Tensor of shape (n, d); got {type(K).__name__}")
-    if K.ndim != 2:
-        hint = f" (for 1-D inputs use {name}[:, None])" if K.ndim == 1 else ""
-        raise ValueError(f"{name} must be 2-D of shape (n, d); got shape {tuple(K.shape)}{hint}")
-    if K.shape[0] == 0 or K.shape[1] == 0:
-        raise ValueError(f"{name} is empty: shape {tuple(K.shape)}; need at least one row and one column")
-    check_floating(name, K)
+    K = _as_matrix_unscanned(name, K)
     if K.shape[0] != K.shape[1]:
         raise ValueError(f"{name} must be square (n, n); got shape {tuple(K.shape)}")
     return K
