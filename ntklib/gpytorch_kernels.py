@@ -48,9 +48,10 @@ except ImportError as error:  # pragma: no cover - exercised only without the ex
     ) from error
 
 from ._checks import _real, as_inputs, positive_int
-from .layers.activations import Activation, HermiteDual, activation_by_name
+from .layers.activations import Activation, activation_by_name
 from .layers.base import Serial, serial
 from .layers.linear import Conv
+from .layers.quadrature import HermiteDual
 from .layers.state import Layout
 from .networks import mlp
 

@@ -8,6 +8,7 @@ One list of layers (``CASES``), each placed in a small network that feeds it wha
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -89,6 +90,21 @@ CASES = {
     "residual conv": (_images(lambda k: [nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), nk.Conv(k, 3, padding="same")),
                                                                    nk.Identity()), nk.FanInSum(), nk.Relu()]),
                       "images"),  # fmt: skip
+    # Activations in a row compose (ntklib.layers.activations.compose). The network of issue 12:
+    # the branch's Relu acts on the first Relu's outputs, through a FanOut.
+    "activations in a row: issue 12": (lambda k: nk.serial(
+        nk.Conv(k, (3, 3), stride=1, padding="same", W_std=2**0.5, b_std=0.1), nk.Relu(), nk.FanOut(2),
+        nk.parallel(nk.serial(nk.Relu(), nk.Conv(k, (3, 3), padding="same")), nk.Identity()), nk.FanInSum(),
+        nk.GlobalAvgPool(), nk.Dense(1, W_std=1.0, b_std=0.1)), "images"),  # fmt: skip
+    "activations in a row: Relu, Erf": (_vectors(lambda k: [nk.Relu(), nk.Erf()]), "vectors"),  # polar quadrature
+    "activations in a row: Erf, Relu": (_vectors(lambda k: [nk.Erf(), nk.Relu()]), "vectors"),
+    "activations in a row: Gelu, Erf": (_vectors(lambda k: [nk.Gelu(), nk.Erf()]), "vectors"),  # Hermite series
+    "activations in a row: three": (_vectors(lambda k: [nk.Erf(), nk.LeakyRelu(0.2), nk.Abs()]), "vectors"),
+    # Two branches compose with the same recorded pre-activations (neither may overwrite them).
+    "activations in a row: two branches": (_vectors(lambda k: [nk.Relu(), nk.FanOut(2), nk.parallel(
+        nk.serial(nk.Erf(), nk.Dense(k, 1.1, 0.1)), nk.serial(nk.Abs(), nk.Dense(k, 0.9, 0.2))), nk.FanInSum()]),
+        "vectors"),  # fmt: skip
+    "activations in a row: conv": (_images(lambda k: [nk.Erf(), nk.Abs()]), "images"),
 }
 
 
@@ -278,6 +294,168 @@ def test_fan_in_sum_of_correlated_branches_raises_where_it_would_be_wrong():
         assert torch.equal(model.body[:4](X), 2 * h)
 
 
+# ------------------------------------------------------------------------- activations in a row
+
+
+def _issue_12(k, inner_relu=True):
+    branch = nk.Conv(k, (3, 3), padding="same")
+    return nk.serial(nk.Conv(k, (3, 3), stride=1, padding="same", W_std=2**0.5, b_std=0.1), nk.Relu(), nk.FanOut(2),
+                     nk.parallel(nk.serial(nk.Relu(), branch) if inner_relu else branch, nk.Identity()),
+                     nk.FanInSum(), nk.GlobalAvgPool(), nk.Dense(1, W_std=1.0, b_std=0.1))  # fmt: skip
+
+
+def test_issue_12_network_has_the_kernels_of_the_network_without_its_second_relu():
+    """Relu(Relu(h)) = Relu(h): the branch's Relu changes nothing, so the kernels are those of the
+    same network without it (an independent path: no composition there)."""
+    X, Z = inputs("images", 4, seed=20), inputs("images", 3, seed=21)
+    for B in (None, Z):
+        with_it, without = _issue_12(8).kernels(X, B), _issue_12(8, inner_relu=False).kernels(X, B)
+        for get in ("nngp", "ntk"):
+            torch.testing.assert_close(getattr(with_it, get), getattr(without, get), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("first, second, same_as", [(nk.Relu, nk.Abs, nk.Relu), (nk.Abs, nk.Relu, nk.Abs),
+                                                    (nk.Relu, nk.Relu, nk.Relu),
+                                                    (nk.Relu, nk.layers.Linear, nk.Relu)])  # fmt: skip
+def test_relu_family_activations_in_a_row_are_one_relu_family_activation(first, second, same_as):
+    """Abs after Relu is Relu, Relu after Abs is Abs: the kernels of the two in a row equal those of one."""
+    X, Z = inputs("vectors", 5, seed=22), inputs("vectors", 4, seed=23)
+    two = nk.serial(nk.Dense(6, 1.3, 0.2), first(), second(), nk.Dense(1, 0.9, 0.1))
+    one = nk.serial(nk.Dense(6, 1.3, 0.2), same_as(), nk.Dense(1, 0.9, 0.1))
+    for B in (None, Z):
+        for a, b in zip(two.kernels(X, B), one.kernels(X, B)):
+            torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize("inner", [(0.0, 1.0), (-1.0, 1.0), (0.3, -2.0), (-0.5, 1.5), (2.0, 0.0), (-1.0, -0.5)])
+@pytest.mark.parametrize("outer", [(0.0, 1.0), (-1.0, 1.0), (0.3, -2.0), (1.5, 1.5)])
+def test_relu_family_composite_is_the_function_composed(inner, outer):
+    """The closed-form slopes of compose against outer(inner(u)) evaluated, and its kernels against the
+    polar quadrature of the same function (a second method)."""
+    from ntklib.layers.activations import compose
+    from ntklib.layers.quadrature import PolarDual
+
+    first, second = nk.ABRelu(*inner), nk.ABRelu(*outer)
+    both = compose(first, second)
+    u = torch.linspace(-3, 3, 61, dtype=F64)
+    torch.testing.assert_close(both.fn(u), second.fn(first.fn(u)), rtol=0, atol=1e-15)
+    q_a = torch.tensor([[0.7], [2.0]], dtype=F64)
+    q_b = torch.tensor([[1.3, 0.4, 2.0]], dtype=F64)
+    s = (q_a * q_b).sqrt() * torch.tensor([[0.3, -0.9, 1.0]], dtype=F64)
+    polar = PolarDual(lambda h: second.fn(first.fn(h)), lambda h: second.derivative(first.fn(h)) * first.derivative(h),
+                      1e-10, "test")  # fmt: skip
+    for closed, quadrature in zip(both.dual(q_a, q_b, s.clone()), polar(q_a, q_b, s.clone())):
+        torch.testing.assert_close(closed, quadrature, rtol=1e-12, atol=1e-12)
+
+
+@functools.cache
+def _erf_positive_part(q_a, q_b, s):
+    """E[f(u) f(v)] and E[f'(u) f'(v)] for f(t) = erf(t) (t > 0), 0 (t <= 0)."""
+    return (_positive_part_reference(erf, q_a, q_b, s),
+            _positive_part_reference(lambda t: 2 / math.sqrt(math.pi) * math.exp(-t * t), q_a, q_b, s))  # fmt: skip
+
+
+def _positive_part_reference(g, q_a, q_b, s):
+    """E[f(u) f(v)] for f(t) = g(t) (t > 0), 0 (t <= 0): nested adaptive quadrature over the quadrant u, v > 0,
+    the inner integral over v given u starting at its kink v = 0."""
+    rho = s / math.sqrt(q_a * q_b)
+    sd = math.sqrt(max(q_b * (1 - rho * rho), 0.0))
+
+    def given(x):  # E[f(v) | u = sqrt(q_a) x]
+        mean = math.sqrt(q_b) * rho * x
+        if sd == 0:
+            return g(mean) if mean > 0 else 0.0
+        if -mean / sd >= 12:
+            return 0.0
+        return quad(lambda y: norm.pdf(y) * g(mean + sd * y), -mean / sd, 12, epsabs=1e-13, epsrel=1e-11, limit=200)[0]
+
+    # (the normal density is below 1e-31 beyond 12)
+    return quad(lambda x: norm.pdf(x) * g(math.sqrt(q_a) * x) * given(x), 0, 12, epsabs=1e-13, epsrel=1e-11,
+                limit=200)[0]  # fmt: skip
+
+
+@pytest.mark.parametrize("q_a, q_b, s", [(1.0, 1.0, 0.3), (0.5, 2.0, -0.8), (2.0, 3.0, 2.4), (1.5, 1.5, 1.5),
+                                         (9.0, 16.0, 11.9)])  # fmt: skip
+@pytest.mark.parametrize("order", ["Erf after Relu", "Relu after Erf"])
+def test_composite_dual_maps_against_quadrature(order, q_a, q_b, s):
+    """erf(relu(u)) = relu(erf(u)) = erf(u) for u > 0, 0 otherwise: both composites (each with its own chain
+    rule for f') against a nested adaptive quadrature over the quadrant where f is not 0."""
+    from ntklib.layers.activations import compose
+    from ntklib.layers.quadrature import PolarDual
+
+    parts = (nk.Relu(), nk.Erf()) if order == "Erf after Relu" else (nk.Erf(), nk.Relu())
+    dual = compose(*parts).dual
+    assert isinstance(dual, PolarDual)
+    expected = _erf_positive_part(q_a, q_b, s)
+    t = lambda v: torch.tensor([[v]], dtype=F64)  # noqa: E731
+    for got, want in zip(dual(t(q_a), t(q_b), t(s)), expected):
+        assert float(got) == pytest.approx(want, abs=1e-9, rel=1e-9)
+
+
+@pytest.mark.parametrize("q_a, q_b, s", [(1.0, 1.0, 0.3), (0.5, 2.0, -0.8), (2.0, 3.0, 2.4), (1.5, 1.5, 1.5)])
+def test_smooth_composite_uses_the_hermite_series(q_a, q_b, s):
+    """Erf after Gelu: the Hermite series of f = erf(gelu(u)) against the 2-D quadrature (smooth integrands)."""
+    from ntklib.layers.activations import compose
+    from ntklib.layers.quadrature import HermiteDual
+
+    dual = compose(nk.Gelu(), nk.Erf()).dual
+    assert isinstance(dual, HermiteDual)
+    f = lambda t: erf(GELU(t))  # noqa: E731
+    f_prime = lambda t: 2 / math.sqrt(math.pi) * np.exp(-GELU(t) ** 2) * GELU_PRIME(t)  # noqa: E731
+    expected = (_quadrature(lambda u, v: f(u) * f(v), q_a, q_b, s),
+                _quadrature(lambda u, v: f_prime(u) * f_prime(v), q_a, q_b, s))  # fmt: skip
+    t = lambda v: torch.tensor([[v]], dtype=F64)  # noqa: E731
+    for got, want in zip(dual(t(q_a), t(q_b), t(s)), expected):
+        assert float(got) == pytest.approx(want, abs=1e-8, rel=1e-8)
+
+
+def test_activations_in_a_row_through_nesting_identity_and_branches():
+    """Where the two activations meet across a nested serial, an Identity or two parallels in a row, the
+    kernels are those of the one activation they compose to."""
+    from ntklib.layers.base import Serial
+
+    d, out = nk.Dense(5, 1.3, 0.2), nk.Dense(1, 0.9, 0.1)
+    X = inputs("vectors", 4, seed=24)
+    relu_once = nk.serial(d, nk.Relu(), out).kernels(X)
+    for net in (Serial((Serial((d, nk.Relu())), Serial((nk.Relu(), out)))),
+                nk.serial(d, nk.Relu(), nk.Identity(), nk.Abs(), out)):  # fmt: skip
+        for a, b in zip(net.kernels(X), relu_once):
+            torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+    branches = nk.parallel(nk.Dense(5, 1.1, 0.1), nk.Dense(5, 0.8))
+    rows = nk.serial(d, nk.Relu(), nk.FanOut(2), nk.parallel(nk.Relu(), nk.Abs()), nk.parallel(nk.Abs(), nk.Relu()),
+                     branches, nk.FanInSum(), out)  # fmt: skip
+    once = nk.serial(d, nk.Relu(), nk.FanOut(2), branches, nk.FanInSum(), out)
+    for a, b in zip(rows.kernels(X), once.kernels(X)):
+        torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+    # Two branches compose with one record: neither may spoil it for the other, in either order.
+    erf_branch, abs_branch = nk.serial(nk.Erf(), nk.Dense(5, 1.1, 0.1)), nk.serial(nk.Abs(), nk.Dense(5, 0.8))
+    for pair, reference in (((erf_branch, abs_branch), (erf_branch, nk.Dense(5, 0.8))),
+                            ((abs_branch, erf_branch), (nk.Dense(5, 0.8), erf_branch))):  # fmt: skip
+        composed, expected = (nk.serial(d, nk.Relu(), nk.FanOut(2), nk.parallel(*branches), nk.FanInSum(), out)
+                              for branches in (pair, reference))  # fmt: skip
+        for a, b in zip(composed.kernels(X), expected.kernels(X)):
+            torch.testing.assert_close(a, b, rtol=1e-14, atol=0)
+
+
+def test_the_pre_activations_are_copied_only_where_an_activation_may_follow(monkeypatch):
+    """The record costs a copy of the pre-activation kernels: none in a plain MLP (also through the MLP
+    helpers), one per activation that precedes an activation or a FanOut."""
+    from ntklib.layers.state import KernelState
+
+    copies = []
+    snapshot = KernelState.snapshot
+    monkeypatch.setattr(KernelState, "snapshot", lambda self: copies.append(1) or snapshot(self))
+    X = inputs("vectors", 4, seed=25)
+    nk.serial(nk.Dense(4), nk.Relu(), nk.Dense(4), nk.Erf(), nk.Dense(1)).kernels(X)
+    nk.infinite_width_kernels(X, depth=3)
+    nk.infinite_width_kernels_by_depth(X, max_depth=3)
+    assert not copies
+    nk.serial(nk.Dense(4), nk.Relu(), nk.Abs(), nk.Erf(), nk.Dense(1)).kernels(X)
+    assert len(copies) == 1  # the first Relu; the composites reuse its record
+    _issue_12(2).kernels(inputs("images", 2, seed=26))
+    assert len(copies) == 2  # the Relu before the FanOut
+
+
 # ---------------------------------------------------------------------------------- errors
 
 
@@ -294,8 +472,13 @@ BAD = [
      r"FanInSum: the branches have different shapes \[\(3,\), \(4,\)\]"),
     (lambda: nk.serial(nk.Conv(4, 3), nk.Flatten(), nk.Dense(1)), (5,),
      r"Conv\(4, \(3, 3\).* expects \(C, H, W\) images but receives inputs of shape \(5,\)"),
-    (lambda: nk.serial(nk.Dense(4), nk.Relu(), nk.Relu(), nk.Dense(1)), (3,),
-     r"Relu\(\) needs Gaussian pre-activations.*put a Dense or Conv layer before it"),
+    # An activation after a sum with a non-Gaussian skip, or after pooling an activation's outputs:
+    # its inputs are no elementwise function of one Gaussian.
+    (lambda: nk.serial(nk.Dense(4), nk.Relu(), nk.FanOut(2), nk.parallel(nk.Dense(4), nk.Identity()), nk.FanInSum(),
+                       nk.Relu(), nk.Dense(1)), (3,),
+     r"Relu\(\) needs Gaussian pre-activations.*put a Dense or Conv layer before it, or an activation directly"),
+    (lambda: nk.serial(nk.Conv(4, 3, padding="same"), nk.Relu(), nk.AvgPool(2), nk.Erf(), nk.Flatten(), nk.Dense(1)),
+     (2, 5, 5), r"Erf\(\) needs Gaussian pre-activations"),
     (lambda: nk.serial(nk.Conv(4, 3), nk.Relu()), (2, 5, 5),
      r"the network's output has shape \(4, 3, 3\) per input.*end it with Flatten\(\) or GlobalAvgPool\(\)"),
     (lambda: nk.serial(nk.Dense(4), nk.FanOut(2), nk.Dense(1)), (3,),

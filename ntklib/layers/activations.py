@@ -6,8 +6,13 @@ For a zero-mean Gaussian pair (u, v) with variances q_a, q_b and covariance s, t
     E[phi'(u) phi'(v)]   (the factor that multiplies the NTK),
 
 closed forms for the ReLU family, erf and GELU, and a Hermite series for any other torch
-function (:class:`Elementwise`). A dual map takes (q_a, q_b, s) as broadcastable tensors and
-returns both expectations; it may overwrite ``s``. The closed forms work in place, except when
+function (:class:`Elementwise`). An activation right after another acts on an elementwise
+function of the same Gaussian, so the two compose into one activation (:func:`compose`): in
+closed form within the ReLU family, else by the Hermite series, or by quadrature in polar
+coordinates (:class:`PolarDual`) when a ReLU-family kink slows the series down.
+
+A dual map takes (q_a, q_b, s) as broadcastable tensors and returns both expectations; it may
+overwrite ``s``. The closed forms work in place, except when
 autograd tracks their inputs (W_std, b_std given as tensors that require grad, as in
 ``ntklib.gpytorch_kernels``): then the same formulas run out of place, so gradients flow
 through the recursion.
@@ -19,13 +24,13 @@ import functools
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 from torch import Tensor, nn
 
 from .._checks import _real, positive_int
 from .base import Layer, LayerError
-from .state import KernelState, pixel_diagonal
+from .quadrature import HermiteDual, PolarDual
+from .state import ActivationRecord, KernelState, pixel_diagonal, tracks_grad
 
 DualMap = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -36,17 +41,24 @@ class Activation(Layer):
     The kernel rule needs Gaussian pre-activations (a Dense or Conv layer before it):
     Sigma <- E[phi(u) phi(v)], Theta <- Theta E[phi'(u) phi'(v)], with (u, v) ~ N(0,
     [[Sigma(x, x), Sigma(x, z)], [Sigma(x, z), Sigma(z, z)]]) (Lee et al. 2018; Jacot et al.
-    2018), pixel pair by pixel pair for images.
+    2018), pixel pair by pixel pair for images. Right after another activation phi1 of
+    Gaussian h, it is the rule of the elementwise composite phi o phi1 (:func:`compose`) on
+    the state of h, which the activation before it records for it (KernelState.record).
+
+    ``slopes`` = (a, b) marks the ReLU family phi(u) = a u (u < 0), b u (u > 0), which
+    composes in closed form.
     """
 
     def __init__(self, name: str, fn: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor],
-                 dual: DualMap, *, linear: bool = False, options: str = "") -> None:  # fmt: skip
+                 dual: DualMap, *, linear: bool = False, options: str = "",
+                 slopes: tuple[float, float] | None = None) -> None:  # fmt: skip
         self.name = name
         self.fn = fn
         self.derivative = derivative
         self.dual = dual
         self.linear = linear  # phi(u) = u: Gaussian in, Gaussian out
         self._options = options
+        self.slopes = slopes
 
     uses_variances = True
 
@@ -59,21 +71,48 @@ class Activation(Layer):
     def build(self, in_shape, context) -> nn.Module:
         return ActivationModule(self)
 
+    reads_activation_record = True
+
     def kernel(self, state):
+        return self.kernel_followed_by(state, None)
+
+    def kernel_followed_by(self, state, following):
         state = self._single(state)
-        if not state.is_gaussian:
+        keep = following is not None and following.reads_activation_record
+        if state.is_gaussian:
+            activation, record = self, (ActivationRecord(self, state.snapshot()) if keep else None)
+        elif state.record is not None:  # phi(phi1(h)): phi1's rule is undone, the composite's applied
+            activation = compose(state.record.activation, self)
+            record = ActivationRecord(activation, state.record.pre) if keep else None
+            state = state.record.pre.clone()  # the record is shared: work on a copy
+        else:
             raise LayerError(
                 f"{self!r} needs Gaussian pre-activations (its dual map is an expectation over a Gaussian "
-                "pair): put a Dense or Conv layer before it, not another activation, Flatten or a sum "
-                "with a non-Gaussian branch"
+                "pair): put a Dense or Conv layer before it, or an activation directly (the two compose); "
+                "not Flatten, pooling or a sum with a non-Gaussian branch"
             )
+        return activation._gaussian_kernel(state).replace(record=record)
+
+    def _gaussian_kernel(self, state: KernelState) -> KernelState:
+        """The rule on Gaussian pre-activations (overwrites the state's tensors)."""
         q1, q2 = state.pixel_variances()
-        nngp, derivative = self.dual(q1, q2, state.nngp)
-        ntk = state.ntk.mul_(derivative)
+        nngp, ntk, spare = self._dual_update(q1, q2, state)
         cov1 = None if state.cov1 is None else self._self_map(state.cov1, state)
         cov2 = None if state.cov2 is None else self._self_map(state.cov2, state)
         return state.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=self.linear,
-                             fresh=state.fresh and self.linear)  # fmt: skip
+                             fresh=state.fresh and self.linear, spare=spare)  # fmt: skip
+
+    def _dual_update(self, q1: Tensor, q2: Tensor, state: KernelState) -> tuple[Tensor, Tensor, Tensor | None]:
+        """(nngp, ntk) <- (E[phi(u) phi(v)], ntk E[phi'(u) phi'(v)]), and the next spare; in place,
+        writing only into the state's spare, when the dual map has such a form (the ReLU family)
+        and autograd does not track it."""
+        in_place = getattr(self.dual, "update", None)
+        if in_place is not None and not tracks_grad(q1, q2, state.nngp, state.ntk):
+            scratch = state.scratch_like(state.nngp)
+            nngp, ntk = in_place(q1, q2, state.nngp, state.ntk, scratch, state.self_pairs if state.same else None)
+            return nngp, ntk, scratch
+        nngp, derivative = self.dual(q1, q2, state.nngp)
+        return nngp, state.ntk.mul_(derivative), state.spare
 
     def _self_map(self, cov: Tensor, state: KernelState) -> Tensor:
         """The dual map of each input with itself: (n, *P) -> (n, *P)."""
@@ -104,12 +143,6 @@ class ActivationModule(nn.Module):
 # ----------------------------------------------------------------------------- the ReLU family
 
 
-def tracks_grad(*tensors: Tensor) -> bool:
-    """Whether autograd records operations on any of ``tensors`` (then no in-place arithmetic
-    may overwrite a value that a backward formula needs)."""
-    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
-
-
 def arccos_flat_at_ends(c: Tensor) -> Tensor:
     """arccos(c) for c in [-1, 1], with gradient 0 at c = +-1, where arccos' is infinite.
 
@@ -134,17 +167,9 @@ class ABReluDual:
         self.half_sum_sq, self.gap_sq = (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi)
 
     def __call__(self, q_a: Tensor, q_b: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        # sqrt(q_a q_b), not sqrt(q_a) sqrt(q_b): for a point with itself sqrt(q^2) = q exactly, so
-        # cos t = 1 exactly there (arccos is infinitely sensitive at 1). Only where q_a q_b would
-        # overflow (float32 inputs of norm ~1e15, deep nets with large W_std) the product of the
-        # square roots is used. Zero-norm inputs give 0/0: clamping the norms picks some angle,
-        # and the norms factor kills it.
-        if max(float(q_a.detach().max()), float(q_b.detach().max())) < math.sqrt(torch.finfo(s.dtype).max) / 2:
-            norms = torch.mul(q_a, q_b).sqrt_()
-        else:
-            norms = torch.mul(q_a.sqrt(), q_b.sqrt())
+        norms = _norms(q_a, q_b)
         if norms.shape != s.shape:
-            norms = norms.expand_as(s).contiguous()
+            norms = norms.expand_as(s)
         # (The clamped copy only divides: multiplying by the true norms keeps a zero input's
         # kernel exactly 0.)
         cos_t = torch.div(s, norms.clamp_min(torch.finfo(s.dtype).tiny)).clamp_(-1.0, 1.0)
@@ -152,13 +177,53 @@ class ABReluDual:
             t = arccos_flat_at_ends(cos_t)
             nngp = (norms * torch.sin(t) - t * s) * self.gap_sq + s * self.half_sum_sq
             return nngp, self.half_sum_sq - self.gap_sq * t
-        # sin t from cos t, not from q_a q_b - s^2: at cos t = 1 it is exactly 0.
-        nngp = torch.mul(cos_t, cos_t).neg_().add_(1.0).clamp_min_(0.0).sqrt_()
         t = cos_t.arccos_()
-        # E[phi phi] = gap norms (sin t - t cos t) + half s, with norms cos t = s
-        nngp.mul_(norms).addcmul_(t, s, value=-1.0).mul_(self.gap_sq).add_(s, alpha=self.half_sum_sq)
+        # E[phi phi] = gap (norms sin t - t s) + half s, with norms cos t = s
+        nngp = torch.sin(t).mul_(norms).addcmul_(t, s, value=-1.0).mul_(self.gap_sq).add_(s, alpha=self.half_sum_sq)
         derivative = t.mul_(-self.gap_sq).add_(self.half_sum_sq)
         return nngp, derivative
+
+    def update(self, q_a: Tensor, q_b: Tensor, s: Tensor, ntk: Tensor, scratch: Tensor,
+               self_pairs: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
+        """The activation's kernel rule in place: s <- E[phi(u) phi(v)], ntk <- ntk E[phi'(u) phi'(v)].
+
+        The formulas of ``__call__`` in fewer passes over the kernel, writing only into s, ntk
+        and ``scratch`` (a tensor of s's shape; fresh memory costs page faults):
+        s (half - gap t) + gap sqrt(q_a) sqrt(q_b) sin t. ``self_pairs`` (for a block of the
+        same inputs on both sides) gives the view of the entries pairing an input with itself,
+        whose cos t is 1 exactly even where ``_norms`` falls back to sqrt(q_a) sqrt(q_b).
+        """
+        if self.half_sum_sq == 0.0:  # phi = 0
+            return s.zero_(), ntk.zero_()
+        t = torch.div(s, _norms(q_a, q_b, out=scratch).clamp_min_(torch.finfo(s.dtype).tiny), out=scratch)
+        t.clamp_(-1.0, 1.0)
+        if self_pairs is not None:
+            self_pairs(t).fill_(1.0)
+        t.arccos_()
+        # K (half - gap t) as K half (1 - gap t / half): in place, K being both factors
+        for K in (ntk, s):
+            K.mul_(self.half_sum_sq).addcmul_(K, t, value=-self.gap_sq / self.half_sum_sq)
+        t.sin_().mul_(q_a.sqrt() * self.gap_sq).mul_(q_b.sqrt())
+        return s.add_(t), ntk
+
+
+def _norms(q_a: Tensor, q_b: Tensor, out: Tensor | None = None) -> Tensor:
+    """sqrt(q_a q_b) for broadcastable variances, the denominator of cos t = s / sqrt(q_a q_b).
+
+    sqrt(q_a q_b), not sqrt(q_a) sqrt(q_b): for an input with itself (or a duplicate) sqrt(q^2) = q
+    exactly, so cos t = 1 exactly there (arccos is infinitely sensitive at 1). Only where q_a q_b
+    would overflow or underflow (float32 inputs of norm ~1e15 or ~1e-10, deep nets with large
+    W_std) the product of the square roots is used. A zero variance (a zero input) gives a zero
+    norm: callers clamp the divisor.
+    """
+    limits = torch.finfo(q_a.dtype)
+    variances = torch.cat([q_a.detach().reshape(-1), q_b.detach().reshape(-1)])
+    positive = variances[variances > 0]
+    low = float(positive.min()) if positive.numel() else 1.0
+    high = float(variances.max())
+    if math.sqrt(limits.tiny) < low and high < math.sqrt(limits.max) / 2:
+        return torch.mul(q_a, q_b, out=out).sqrt_()
+    return torch.mul(q_a.sqrt(), q_b.sqrt(), out=out)
 
 
 class _PiecewiseLinear:
@@ -177,12 +242,12 @@ def ABRelu(a: float, b: float) -> Activation:
     """phi(u) = a u for u < 0, b u for u >= 0 (a = b: linear; ReLU, leaky ReLU, ``|u|`` below)."""
     a, b = _real("a", a), _real("b", b)
     return Activation("ABRelu", _PiecewiseLinear(a, b, False), _PiecewiseLinear(a, b, True), ABReluDual(a, b),
-                      linear=a == b, options=f"a={a:g}, b={b:g}")  # fmt: skip
+                      linear=a == b, options=f"a={a:g}, b={b:g}", slopes=(a, b))  # fmt: skip
 
 
 def Relu() -> Activation:
     """phi(u) = max(u, 0) (arc-cosine kernel of degree 1, Cho & Saul 2009); phi'(0) = 0."""
-    return Activation("Relu", torch.relu, _PiecewiseLinear(0.0, 1.0, True), ABReluDual(0.0, 1.0))
+    return Activation("Relu", torch.relu, _PiecewiseLinear(0.0, 1.0, True), ABReluDual(0.0, 1.0), slopes=(0.0, 1.0))
 
 
 def LeakyRelu(slope: float = 0.01) -> Activation:
@@ -190,12 +255,12 @@ def LeakyRelu(slope: float = 0.01) -> Activation:
     slope = _real("slope", slope)
     return Activation("LeakyRelu", functools.partial(nn.functional.leaky_relu, negative_slope=slope),
                       _PiecewiseLinear(slope, 1.0, True), ABReluDual(slope, 1.0), linear=slope == 1.0,
-                      options=f"slope={slope:g}")  # fmt: skip
+                      options=f"slope={slope:g}", slopes=(slope, 1.0))  # fmt: skip
 
 
 def Abs() -> Activation:
     """phi(u) = ``|u|`` (sign(0) = 0, autograd's derivative at 0)."""
-    return Activation("Abs", torch.abs, torch.sign, ABReluDual(-1.0, 1.0))
+    return Activation("Abs", torch.abs, torch.sign, ABReluDual(-1.0, 1.0), slopes=(-1.0, 1.0))
 
 
 def _identity(h: Tensor) -> Tensor:
@@ -204,7 +269,7 @@ def _identity(h: Tensor) -> Tensor:
 
 def Linear() -> Activation:
     """phi(u) = u: a linear network's activation (keeps the units Gaussian)."""
-    return Activation("Linear", _identity, torch.ones_like, ABReluDual(1.0, 1.0), linear=True)
+    return Activation("Linear", _identity, torch.ones_like, ABReluDual(1.0, 1.0), linear=True, slopes=(1.0, 1.0))
 
 
 # ---------------------------------------------------------------------------------- erf, GELU
@@ -273,106 +338,6 @@ def Gelu() -> Activation:
 # ------------------------------------------------------------------- any torch function
 
 
-@functools.lru_cache(maxsize=8)
-def hermite_rule(degree: int, nodes: int) -> tuple[np.ndarray, np.ndarray]:
-    """Gauss-Hermite nodes x_n for the standard normal and the matrix w_n h_k(x_n), (nodes, degree + 1),
-    with h_k = He_k / sqrt(k!) the orthonormal Hermite polynomials.
-
-    Nodes are the eigenvalues of the Jacobi matrix (Golub & Welsch 1969). The weights come from
-    w_n = 1 / (N h_{N-1}(x_n)^2) and the products w_n h_k(x_n) from the three-term recurrence
-    h_{k+1} = (x h_k - sqrt(k) h_{k-1}) / sqrt(k + 1), carried with a running logarithmic scale:
-    the outer nodes' weights underflow and their h_k overflow, but the products are at most 1.
-    """
-    k = np.sqrt(np.arange(1, nodes))
-    x = np.linalg.eigvalsh(np.diag(k, 1) + np.diag(k, -1))
-    products = np.empty((nodes, degree + 1))
-
-    def recurrence(steps: int, record: bool, log_w: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
-        previous, current, log_scale = np.zeros_like(x), np.ones_like(x), np.zeros_like(x)
-        if record:
-            products[:, 0] = np.exp(log_w)
-        for j in range(steps):
-            previous, current = current, (x * current - math.sqrt(j) * previous) / math.sqrt(j + 1)
-            scale = np.maximum(np.abs(current), np.abs(previous))
-            scale[scale == 0] = 1.0
-            previous, current, log_scale = previous / scale, current / scale, log_scale + np.log(scale)
-            if record:
-                products[:, j + 1] = current * np.exp(log_w + log_scale)
-        return current, log_scale
-
-    last, log_scale = recurrence(nodes - 1, False, None)
-    log_w = -math.log(nodes) - 2 * (np.log(np.abs(last)) + log_scale)
-    recurrence(degree, True, log_w)
-    return x, products
-
-
-class HermiteDual:
-    """Dual maps of any function by its Hermite series (Mehler's formula).
-
-    With u = sqrt(q_a) x, v = sqrt(q_b) y and (x, y) standard normal with correlation rho,
-    E[f(u) f(v)] = sum_k a_k(q_a) a_k(q_b) rho^k, where a_k(q) = E[f(sqrt(q) x) h_k(x)] are the
-    Hermite coefficients of x -> f(sqrt(q) x) (O'Donnell 2014, ch. 11). Each coefficient is a
-    1-D Gauss-Hermite quadrature per distinct variance q, so a pair of inputs costs one
-    polynomial in rho instead of a 2-D quadrature. The same for f' (by autograd) gives
-    E[f'(u) f'(v)]. Truncating after degree K errs by at most sqrt(T_K(q_a) T_K(q_b)), with the
-    tail T_K(q) = E[f(sqrt(q) x)^2] - sum_{k <= K} a_k(q)^2, computed from the same quadrature;
-    K is the smallest degree (up to ``max_degree``) whose tails are below ``tolerance`` times
-    the largest E[f^2], and a larger error raises.
-    """
-
-    def __init__(self, fn: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor],
-                 max_degree: int, tolerance: float, name: str) -> None:  # fmt: skip
-        self.fn, self.derivative, self.name = fn, derivative, name
-        self.max_degree, self.tolerance = max_degree, tolerance
-
-    def _coefficients(self, q: Tensor, fn: Callable[[Tensor], Tensor], what: str) -> Tensor:
-        """Hermite coefficients (M, K + 1) at the variances q (M,), K chosen by the tolerance."""
-        nodes, products = hermite_rule(self.max_degree, self.max_degree + 64)
-        x = torch.as_tensor(nodes, dtype=q.dtype, device=q.device)
-        values = fn(q.clamp_min(0).sqrt()[:, None] * x)  # (M, N)
-        coefficients = values @ torch.as_tensor(products, dtype=q.dtype, device=q.device)  # (M, K_max + 1)
-        moments = (values * values) @ torch.as_tensor(products[:, 0], dtype=q.dtype, device=q.device)
-        tails = moments[:, None] - (coefficients * coefficients).cumsum(1)  # (M, K_max + 1)
-        scale = float(moments.abs().max()) or 1.0
-        worst = tails.max(0).values / scale  # (K_max + 1,)
-        good = torch.nonzero(worst <= self.tolerance)
-        if good.numel() == 0:
-            raise LayerError(
-                f"{self.name}: the Hermite series of {what} up to degree {self.max_degree} leaves a relative "
-                f"error of {float(worst[-1]):.1e} (> {self.tolerance:g}) at pre-activation variances up to "
-                f"{float(q.max()):.3g}; pass a larger max_degree= or a looser tolerance="
-            )
-        return coefficients[:, : int(good[0]) + 1]
-
-    def _series(self, q_a: Tensor, q_b: Tensor, rho: Tensor, fn: Callable[[Tensor], Tensor], what: str) -> Tensor:
-        """sum_k a_k(q_a) a_k(q_b) rho^k, with q_a, q_b broadcastable against rho."""
-        unique, inverse = torch.unique(torch.cat([q_a.reshape(-1), q_b.reshape(-1)]), return_inverse=True)
-        coefficients = self._coefficients(unique, fn, what)
-        index_a = inverse[: q_a.numel()].reshape(q_a.shape)
-        index_b = inverse[q_a.numel():].reshape(q_b.shape)
-        terms = coefficients.shape[1]
-        if rho.numel() * terms <= 1 << 22:  # small: all powers at once, one reduction
-            powers = rho.unsqueeze(-1) ** torch.arange(terms, dtype=rho.dtype, device=rho.device)
-            return (coefficients[index_a] * coefficients[index_b] * powers).sum(-1)
-        total = None
-        for k in range(terms - 1, -1, -1):  # Horner in rho, one pass per degree
-            term = coefficients[:, k][index_a] * coefficients[:, k][index_b]
-            total = term.expand_as(rho).clone() if total is None else total.mul_(rho).add_(term)
-        return total
-
-    def __call__(self, q_a: Tensor, q_b: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        if tracks_grad(q_a, q_b, s):
-            raise LayerError(
-                f"{self.name}: the kernels of an Elementwise activation are not differentiable in W_std and b_std "
-                "(its Hermite coefficients are computed once per distinct variance); use a closed-form activation "
-                "(Relu, LeakyRelu, Abs, Erf, Gelu) or numbers for W_std and b_std"
-            )
-        norms = torch.mul(q_a, q_b).sqrt_()
-        rho = torch.div(s, norms.clamp_min(torch.finfo(s.dtype).tiny)).clamp_(-1.0, 1.0)
-        return (self._series(q_a, q_b, rho, self.fn, "phi"),
-                self._series(q_a, q_b, rho, self.derivative, "phi'"))  # fmt: skip
-
-
 class AutogradDerivative:
     """phi'(h) of an elementwise function, by autograd."""
 
@@ -411,6 +376,67 @@ def Elementwise(fn: Callable[[Tensor], Tensor], name: str | None = None, *, max_
     derivative = AutogradDerivative(fn)
     dual = HermiteDual(fn, derivative, max_degree, tolerance, f"Elementwise({label})")
     return Activation("Elementwise", fn, derivative, dual, options=label)
+
+
+# ----------------------------------------------------------------- activations in a row
+
+
+class _Composed:
+    """u -> outer(inner(u)), or its derivative outer'(inner(u)) inner'(u) (the chain rule)."""
+
+    def __init__(self, inner: Activation, outer: Activation, derivative: bool) -> None:
+        self.inner, self.outer, self.of_derivative = inner, outer, derivative
+
+    def __call__(self, h: Tensor) -> Tensor:
+        if self.of_derivative:
+            return self.outer.derivative(self.inner.fn(h)) * self.inner.derivative(h)
+        return self.outer.fn(self.inner.fn(h))
+
+
+def _kinked(activation: Activation) -> bool:
+    """A kink at a zero pre-activation: a nonlinear ReLU-family part."""
+    slopes = activation.slopes
+    return (slopes is not None and slopes[0] != slopes[1]) or isinstance(activation.dual, PolarDual)
+
+
+def compose(inner: Activation, outer: Activation) -> Activation:
+    """The activation u -> outer(inner(u)): the kernel rule of ``outer`` on ``inner``'s outputs.
+
+    An activation phi2 right after phi1 acts on phi1(h) with h Gaussian, an elementwise function
+    f = phi2 o phi1 of the same Gaussian h: its dual maps are E[f(u) f(v)] and E[f'(u) f'(v)]
+    over h's Gaussian pair, with f' = phi2'(phi1(u)) phi1'(u). The composite is
+
+      * for two ReLU-family parts (slopes (a1, b1), (a2, b2)) the ReLU-family activation with
+        slopes a = a1 (b2 if a1 < 0 else a2), b = b1 (b2 if b1 > 0 else a2), in closed form
+        (a part itself when the slopes are its own: Relu after Relu is Relu, Abs after Relu is
+        Relu, Relu after Abs is Abs);
+      * the other part when one is the identity (slopes (1, 1));
+      * otherwise ``serial(inner, outer)``, with the Hermite-series dual of :class:`HermiteDual`
+        when both parts are smooth, and :class:`PolarDual` when one has a kink at 0 (a ReLU-
+        family part), whose Hermite series converges too slowly. Their tolerance is the
+        loosest of the parts' (1e-8 by default).
+    """
+    if inner.slopes is not None and outer.slopes is not None:
+        (a1, b1), (a2, b2) = inner.slopes, outer.slopes
+        slopes = (a1 * (b2 if a1 < 0 else a2) + 0.0, b1 * (b2 if b1 > 0 else a2) + 0.0)  # + 0.0: no -0
+        for part in (inner, outer):
+            if part.slopes == slopes:
+                return part
+        return ABRelu(*slopes)
+    if outer.slopes == (1.0, 1.0):
+        return inner
+    if inner.slopes == (1.0, 1.0):
+        return outer
+    fn, derivative = _Composed(inner, outer, False), _Composed(inner, outer, True)
+    parts = ", ".join(part._options if part.name == "serial" else repr(part) for part in (inner, outer))
+    series = [part.dual for part in (inner, outer) if isinstance(part.dual, (HermiteDual, PolarDual))]
+    tolerance = max((dual.tolerance for dual in series), default=1e-8)
+    if _kinked(inner) or _kinked(outer):
+        dual = PolarDual(fn, derivative, tolerance, f"serial({parts})")
+    else:
+        max_degree = max((dual.max_degree for dual in series if isinstance(dual, HermiteDual)), default=1024)
+        dual = HermiteDual(fn, derivative, max_degree, tolerance, f"serial({parts})")
+    return Activation("serial", fn, derivative, dual, options=parts)
 
 
 ACTIVATIONS: dict[str, Callable[..., Activation]] = {

@@ -47,6 +47,18 @@ class Layer:
     # whether it uses the inputs' variances (activations, LayerNorm).
     mixes_pixels = False
     uses_variances = False
+    # Whether the kernel rule may read its input's activation record (KernelState.record): an
+    # activation composes with the one before it; FanOut and Identity pass the units on.
+    reads_activation_record = False
+
+    def kernel_followed_by(self, state: Any, following: "Layer | None") -> Any:
+        """The kernel rule when ``following`` is the next layer (None: none, or unknown).
+
+        Combinators pass the next layer on to each of theirs; an activation keeps the record a
+        following activation needs (see :class:`~ntklib.layers.state.ActivationRecord`)
+        only when ``following.reads_activation_record``. Other layers ignore it.
+        """
+        return self.kernel(state)
 
     def sublayers(self) -> tuple["Layer", ...]:
         """The layers a combinator holds, in the order their rules run."""
@@ -250,15 +262,29 @@ class Serial(Layer):
         return SerialModule(*modules)
 
     def kernel(self, state):
-        for layer in self.layers:
-            state = layer.kernel(state)
+        return self.kernel_followed_by(state, None)
+
+    def kernel_followed_by(self, state, following):
+        for index, layer in enumerate(self.layers):
+            state = layer.kernel_followed_by(state, self._next(index, following))
         return state
 
-    def kernel_of_inputs(self, X, Z, same, layout):
-        state = self.layers[0].kernel_of_inputs(X, Z, same, layout)
-        for layer in self.layers[1:]:
-            state = layer.kernel(state)
+    def kernel_of_inputs(self, X, Z, same, layout, following: Layer | None = None):
+        first = self.layers[0]
+        if isinstance(first, Serial):
+            state = first.kernel_of_inputs(X, Z, same, layout, following=self._next(0, following))
+        else:
+            state = first.kernel_of_inputs(X, Z, same, layout)
+        for index, layer in enumerate(self.layers[1:], start=1):
+            state = layer.kernel_followed_by(state, self._next(index, following))
         return state
+
+    def _next(self, index: int, following: Layer | None) -> Layer | None:
+        return self.layers[index + 1] if index + 1 < len(self.layers) else following
+
+    @property
+    def reads_activation_record(self) -> bool:
+        return bool(self.layers) and self.layers[0].reads_activation_record
 
     def sublayers(self):
         return self.layers
@@ -303,7 +329,20 @@ class Parallel(Layer):
         return ParallelModule([layer.build(shape, context) for layer, shape in zip(self.layers, self._branches(in_shape))])
 
     def kernel(self, state):
-        return [layer.kernel(branch) for layer, branch in zip(self.layers, self._branches(state))]
+        return self.kernel_followed_by(state, None)
+
+    def kernel_followed_by(self, state, following):
+        # Branch i goes on to branch i of a following parallel, or else to what follows (a sum).
+        if isinstance(following, Parallel) and len(following.layers) == len(self.layers):
+            nexts = following.layers
+        else:
+            nexts = (following,) * len(self.layers)
+        return [layer.kernel_followed_by(branch, after)
+                for layer, branch, after in zip(self.layers, self._branches(state), nexts)]  # fmt: skip
+
+    @property
+    def reads_activation_record(self) -> bool:
+        return any(layer.reads_activation_record for layer in self.layers)
 
     def sublayers(self):
         return self.layers
@@ -341,9 +380,16 @@ class FanOut(Layer):
     def build(self, in_shape, context):
         return FanOutModule(self.num)
 
+    reads_activation_record = True  # each branch may start with an activation
+
     def kernel(self, state):
-        state = self._single(state).replace(fresh=False)
-        # Kernel rules overwrite their input: every branch but the first gets its own copy.
+        state = self._single(state)
+        record = state.record
+        if record is not None:  # the pre-activations are no longer independent of other branches
+            record = dataclasses.replace(record, pre=record.pre.replace(fresh=False))
+        state = state.replace(fresh=False, record=record)
+        # Kernel rules overwrite their input: every branch but the first gets its own copy (of
+        # all but the record, which nobody writes into).
         return [state] + [state.clone() for _ in range(self.num - 1)]
 
 
@@ -422,6 +468,8 @@ class Identity(Layer):
 
     def build(self, in_shape, context):
         return nn.Identity()
+
+    reads_activation_record = True  # passes its input's units on unchanged
 
     def kernel(self, state):
         return state

@@ -64,6 +64,10 @@ def _check_finite(block: KernelState, X: Tensor, rows: slice) -> None:
     """Never a silent NaN: a block that overflowed raises, naming the inputs most involved (an
     input whose own variance overflows spoils its whole row and column)."""
     for name, K in (("nngp", block.nngp), ("ntk", block.ntk)):
+        # One read: a sum is finite only if every term is (an inf or NaN term makes it inf or
+        # NaN); only a sum that overflows without one needs the entrywise scan.
+        if math.isfinite(float(K.detach().sum())):
+            continue
         bad = ~torch.isfinite(K)
         if bool(bad.any()):
             per_row = bad.sum(dim=1)
@@ -93,7 +97,11 @@ def _store(result: Kernels, block: KernelState, rows: slice, cols: slice, symmet
     for out, values in ((result.nngp, block.nngp), (result.ntk, block.ntk)):
         if same:
             # Sums over pixel pairs and matrix products need not round (i, j) and (j, i) alike.
-            values = values.triu() + values.triu(1).T
+            # Halves are exact and a sum is commutative: the mean of the two is exactly symmetric.
+            if values.requires_grad:  # W_std, b_std learnt by autograd (ntklib.gpytorch_kernels)
+                values = values * 0.5 + values.T * 0.5
+            else:
+                values = torch.mul(values, 0.5, out=block.scratch_like(values)).add_(values.T, alpha=0.5)
         out[rows, cols] = values
         if symmetric and not same:
-            out[cols, rows] = values.T.contiguous()  # transposing in cache, then one contiguous copy
+            out[cols, rows] = values.T

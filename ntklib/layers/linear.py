@@ -90,16 +90,26 @@ class _Weighted(Layer):
         b_var = 0.0 if self.b_std is None else self.b_std**2
         if self.parameterization == "ntk":
             theta = sigma.clone() if theta is None else theta.add_(sigma)
-            theta.mul_(W_var).add_(b_var)
+            theta = _scale_shift(theta, W_var, b_var)
         else:
             mean_scale = fan_in / count
             theta = sigma * mean_scale if theta is None else theta.mul_(W_var).add_(sigma, alpha=mean_scale)
             if self.b_std is not None:
                 theta.add_(1.0)
-        sigma = sigma.mul_(W_var).add_(b_var)
-        cov1 = None if cov1 is None else cov1.mul_(W_var).add_(b_var)
-        cov2 = None if cov2 is None else cov2.mul_(W_var).add_(b_var)
+        sigma = _scale_shift(sigma, W_var, b_var)
+        cov1 = None if cov1 is None else _scale_shift(cov1, W_var, b_var)
+        cov2 = None if cov2 is None else _scale_shift(cov2, W_var, b_var)
         return state.replace(nngp=sigma, ntk=theta, cov1=cov1, cov2=cov2, shape=shape, is_gaussian=True, fresh=True)
+
+
+def _scale_shift(tensor: Tensor, scale: float | Tensor, shift: float | Tensor) -> Tensor:
+    """scale * tensor + shift in place, skipping the passes over the kernel that change nothing
+    (W_std = 1 and no bias, the default MLP)."""
+    if isinstance(scale, Tensor) or scale != 1.0:
+        tensor = tensor.mul_(scale)
+    if isinstance(shift, Tensor) or shift != 0.0:
+        tensor = tensor.add_(shift)
+    return tensor
 
 
 class Dense(_Weighted):
@@ -337,7 +347,8 @@ class Conv(_Weighted):
         fan_in = state.shape[0] * math.prod(self.filter_shape)
 
         def total(tensor: Tensor, full: bool) -> Tensor:
-            return window_sum(tensor, state.spatial, self.filter_shape, self.stride, self.padding, full, paired=True)
+            return window_sum(tensor, state.spatial, self.filter_shape, self.stride, self.padding, full, paired=True,
+                              scratch=state.spare)  # fmt: skip
 
         return self._update(state, fan_in, total, math.prod(self.filter_shape), out_shape)
 

@@ -40,11 +40,15 @@ def pad_images(x: Tensor, window: tuple[int, ...], stride: tuple[int, ...], padd
 
 def patches(x: Tensor, window: tuple[int, ...], stride: tuple[int, ...], padding: str) -> Tensor:
     """The windows of a padded input, (n, C * window size, output positions), as F.unfold lays
-    them out (channel-major, then the window's pixels)."""
+    them out (channel-major, then the window's pixels). Strided views and one copy (F.unfold
+    loops over the images, ten times slower on small ones)."""
     padded = pad_images(x, window, stride, padding)
-    if padded.ndim == 3:  # 1-D: unfold is 2-D only
-        padded, window, stride = padded[:, :, None, :], (1, *window), (1, *stride)
-    return F.unfold(padded, window, stride=stride)
+    k = len(window)
+    for axis in range(k):  # appends a window dim per axis: (n, C, *S_out, *window)
+        padded = padded.unfold(2 + axis, window[axis], stride[axis])
+    n, channels, *outputs = padded.shape[: 2 + k]
+    order = (0, 1, *range(2 + k, 2 + 2 * k), *range(2, 2 + k))
+    return padded.permute(order).reshape(n, channels * math.prod(window), math.prod(outputs))
 
 
 def pad_dim(T: Tensor, dim: int, before: int, after: int, mode: str) -> Tensor:
@@ -92,6 +96,7 @@ def window_sum(
     padding: str,
     full: bool,
     paired: bool,
+    scratch: Tensor | None = None,
 ) -> Tensor:
     """Sum of T over windows of pixels, on its trailing pixel dims.
 
@@ -101,6 +106,10 @@ def window_sum(
     independently: out[p', q'] = sum_{d, e} T[s p' + d, s q' + e] (full layout only).
     Either way the window factorises over the spatial axes, so it is applied axis by axis;
     zero padding is never materialised: each offset adds its in-range part only.
+
+    ``scratch`` (optional, T's shape, values undefined) lets an axis whose output keeps its size
+    (stride 1, zero padding "same") sum in place into T, from a copy of T in ``scratch``,
+    instead of into new memory. T may be overwritten either way.
     """
     k = len(spatial)
     batch_ndim = T.ndim - k * (2 if full else 1)
@@ -109,13 +118,16 @@ def window_sum(
         dims = (p_dim, p_dim + k) if full else (p_dim,)
         groups = [dims] if (paired or not full) else [(dim,) for dim in dims]
         for group in groups:
-            T = _window_sum(T, group, spatial[axis], window[axis], strides[axis], padding)
+            fits = scratch is not None and scratch.shape == T.shape and scratch.dtype == T.dtype
+            T = _window_sum(T, group, spatial[axis], window[axis], strides[axis], padding, scratch if fits else None)
     return T
 
 
-def _window_sum(T: Tensor, dims: tuple[int, ...], size: int, window: int, stride: int, padding: str) -> Tensor:
+def _window_sum(T: Tensor, dims: tuple[int, ...], size: int, window: int, stride: int, padding: str,
+                scratch: Tensor | None = None) -> Tensor:  # fmt: skip
     """out[p'] = sum_d T[stride p' + d - before] on each of ``dims`` at once (the same p' and d
-    on all of them), with zero or wrap-around padding."""
+    on all of them), with zero or wrap-around padding; in place into T (reading a copy in
+    ``scratch``) when the output keeps T's size and zero padding is used."""
     before, after, out = padding_amounts(size, window, stride, padding)
     if padding == "circular":
         for dim in dims:
@@ -126,7 +138,10 @@ def _window_sum(T: Tensor, dims: tuple[int, ...], size: int, window: int, stride
         return total
     # Zero or no padding: offset d reaches out[p'] for stride p' + d - before in [0, size).
     # The offset d = before reads T[stride p'] and so covers every output.
-    total = _strided(T, dims, 0, stride, out).clone()
+    if scratch is not None and stride == 1 and out == size:
+        total, T = T, scratch.copy_(T)
+    else:
+        total = _strided(T, dims, 0, stride, out).clone()
     for offset in range(window):
         if offset == before:
             continue

@@ -22,13 +22,14 @@ layers never mix pixel positions across a pair (no pooling) needs only the diago
 local average pooling needs every pair (Novak et al. 2019; Arora et al. 2019). ``cov1`` is
 (n1, *S, *S) or (n1, *S) accordingly.
 
-Kernel rules consume the state they are given: they may overwrite its tensors in place.
+Kernel rules consume the state they are given: they may overwrite its tensors in place, all
+but those of an :class:`ActivationRecord`, which are shared and never written.
 """
 
 from __future__ import annotations
 
 import dataclasses
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import torch
 from torch import Tensor
@@ -60,6 +61,13 @@ class KernelState:
             kernels of a FanInSum add up.
         variances_known: False after pooling when ``cov_full`` is False: no later layer needs
             them then (the driver checked), so they are not computed.
+        spare: a scratch tensor whose values mean nothing, which a kernel rule may write into
+            while it runs (never keep it as a result): recycling one saves fresh memory, whose
+            page faults cost as much as several passes over the kernel. None at the start.
+        record: when the units are phi(h) elementwise with h Gaussian (an activation's output),
+            phi and the state of h, kept only where a later activation may need them (see
+            :class:`ActivationRecord`). :meth:`replace` drops it unless it is passed: it
+            survives only the layers that pass their input's units on unchanged.
     """
 
     nngp: Tensor
@@ -73,8 +81,21 @@ class KernelState:
     fresh: bool = False
     cov_full: bool = False
     variances_known: bool = True
+    spare: Tensor | None = None
+    record: ActivationRecord | None = None
+
+    def scratch_like(self, tensor: Tensor) -> Tensor:
+        """A tensor of ``tensor``'s shape, dtype and device with undefined values: the spare when
+        it fits, else new memory."""
+        spare = self.spare
+        if spare is not None and spare.shape == tensor.shape and spare.dtype == tensor.dtype and spare.device == tensor.device:
+            return spare
+        return torch.empty_like(tensor, memory_format=torch.contiguous_format)
 
     def replace(self, **changes: object) -> "KernelState":
+        """A copy with ``changes``, without the activation record unless ``record=`` is given
+        (a layer that is not elementwise-transparent makes the record false)."""
+        changes.setdefault("record", None)
         return dataclasses.replace(self, **changes)
 
     @property
@@ -87,8 +108,7 @@ class KernelState:
         ``nngp``: (n1, 1, *S, 1...) and (1, n2, 1..., *S) in the full layout, (n1, 1, *S) and
         (1, n2, *S) in the diagonal one, (n1, 1) and (1, n2) for vectors."""
         if self.same:
-            both = self.nngp.diagonal(dim1=0, dim2=1).movedim(-1, 0)  # (n, *P)
-            q1 = q2 = pixel_diagonal(both, len(self.spatial), self.full).clone()
+            q1 = q2 = self.self_pairs(self.nngp).clone()
         elif not self.variances_known:
             raise RuntimeError("ntklib: the inputs' variances were not tracked through pooling (a bug in ntklib)")
         else:
@@ -99,6 +119,13 @@ class KernelState:
         if self.full:
             return q1.reshape(q1.shape[0], 1, *self.spatial, *ones), q2.reshape(1, q2.shape[0], *ones, *self.spatial)
         return q1.unsqueeze(1), q2.unsqueeze(0)
+
+    def self_pairs(self, tensor: Tensor) -> Tensor:
+        """For a block of the same inputs on both sides (``same``): the view (n, *S) of a
+        tensor shaped like ``nngp`` holding the entries that pair each input with itself at the
+        same pixel."""
+        both = tensor.diagonal(dim1=0, dim2=1).movedim(-1, 0)  # (n, *P)
+        return pixel_diagonal(both, len(self.spatial), self.full)
 
     def map_tensors(self, fn) -> "KernelState":
         """Apply ``fn(tensor, full)`` to nngp, ntk and cov1, cov2, with ``full`` their pixel
@@ -111,7 +138,33 @@ class KernelState:
         )
 
     def clone(self) -> "KernelState":
-        return self.map_tensors(lambda t, _: t.clone())
+        """The same state with tensors of its own (the record, never written, is shared)."""
+        return self.map_tensors(lambda t, _: t.clone()).replace(record=self.record)
+
+    def snapshot(self) -> "KernelState":
+        """A copy to keep in an :class:`ActivationRecord`: tensors of its own, no record, no
+        spare (a scratch tensor is not to be kept)."""
+        return self.map_tensors(lambda t, _: t.clone()).replace(spare=None)
+
+
+@dataclasses.dataclass(frozen=True)
+class ActivationRecord:
+    """The units of a state are ``activation(h)`` elementwise, h Gaussian with state ``pre``.
+
+    An activation applied to these units is then the elementwise function (phi2 o phi1)(h) of
+    the same Gaussian h, and its kernel rule is that of the composite applied to ``pre``
+    (``ntklib.layers.activations.compose``). Kept only where such an activation may follow
+    (the next layer is an activation, a FanOut or an Identity), since it costs a copy of the
+    pre-activation tensors. Shared by the branches of a FanOut: nobody writes into ``pre``;
+    a rule that uses it works on a clone.
+
+    Attributes:
+        activation: the Activation phi (a composite after several activations in a row).
+        pre: the state of h (``is_gaussian`` True).
+    """
+
+    activation: Any
+    pre: KernelState
 
 
 def pixel_diagonal(cov: Tensor, spatial_ndim: int, full: bool) -> Tensor:
@@ -148,7 +201,19 @@ def pair_gram(A: Tensor, B: Tensor, spatial: tuple[int, ...], full: bool) -> Ten
         cols = B.transpose(1, 2).reshape(n2 * size, features)
         gram = (rows @ cols.T).div_(features).view(n1, size, n2, size).transpose(1, 2)  # (n1, n2, P, P)
         return gram.reshape(n1, n2, *spatial, *spatial)
-    return torch.einsum("ifp,jfp->ijp", A, B).div_(features).reshape(n1, n2, *spatial)
+    if features <= _FEW_FEATURES:
+        # Few features (a first convolution of 1-3 channels): F broadcast products give the
+        # (n1, n2, P) layout directly, where a batched matrix product over P would give P first
+        # and leave every later pass over the kernel strided.
+        gram = A[:, None, 0, :] * B[None, :, 0, :]
+        for feature in range(1, features):
+            gram.addcmul_(A[:, None, feature, :], B[None, :, feature, :])
+    else:
+        gram = torch.einsum("ifp,jfp->ijp", A, B).contiguous()
+    return gram.div_(features).reshape(n1, n2, *spatial)
+
+
+_FEW_FEATURES = 32
 
 
 def self_gram(A: Tensor, spatial: tuple[int, ...], full: bool) -> Tensor:
@@ -174,3 +239,9 @@ def input_state(X: Tensor, Z: Tensor, same: bool, layout: Layout) -> KernelState
     cov2 = None if same else self_gram(B, spatial, cov_full)
     return KernelState(nngp=nngp, ntk=torch.zeros_like(nngp), cov1=cov1, cov2=cov2, shape=tuple(X.shape[1:]),
                        full=full, same=same, cov_full=cov_full)  # fmt: skip
+
+
+def tracks_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records operations on any of ``tensors`` (then no in-place arithmetic
+    may overwrite a value that a backward formula needs)."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
