@@ -7,9 +7,9 @@ For a zero-mean Gaussian pair (u, v) with variances q_a, q_b and covariance s, t
 
 closed forms for the ReLU family, erf and GELU, and a Hermite series for any other torch
 function (:class:`Elementwise`). An activation right after another acts on an elementwise
-function of the same Gaussian, so the two compose into one activation (:func:`compose`): in
+function of the same Gaussian, so the two compose into one activation (``compose``): in
 closed form within the ReLU family, else by the Hermite series, or by quadrature in polar
-coordinates (:class:`PolarDual`) when a ReLU-family kink slows the series down.
+coordinates (``quadrature.PolarDual``) when a ReLU-family kink slows the series down.
 
 A dual map takes (q_a, q_b, s) as broadcastable tensors and returns both expectations; it may
 overwrite ``s``. The closed forms work in place, except when
@@ -42,7 +42,7 @@ class Activation(Layer):
     Sigma <- E[phi(u) phi(v)], Theta <- Theta E[phi'(u) phi'(v)], with (u, v) ~ N(0,
     [[Sigma(x, x), Sigma(x, z)], [Sigma(x, z), Sigma(z, z)]]) (Lee et al. 2018; Jacot et al.
     2018), pixel pair by pixel pair for images. Right after another activation phi1 of
-    Gaussian h, it is the rule of the elementwise composite phi o phi1 (:func:`compose`) on
+    Gaussian h, it is the rule of the elementwise composite phi o phi1 (``compose``) on
     the state of h, which the activation before it records for it (KernelState.record).
 
     ``slopes`` = (a, b) marks the ReLU family phi(u) = a u (u < 0), b u (u > 0), which
