@@ -90,9 +90,9 @@ CASES = {
     "residual conv": (_images(lambda k: [nk.FanOut(2), nk.parallel(nk.serial(nk.Relu(), nk.Conv(k, 3, padding="same")),
                                                                    nk.Identity()), nk.FanInSum(), nk.Relu()]),
                       "images"),  # fmt: skip
-    # Activations in a row compose (ntklib.layers.activations.compose). The network of issue 12:
+    # Activations in a row compose (ntklib.layers.activations.compose). A residual block (README):
     # the branch's Relu acts on the first Relu's outputs, through a FanOut.
-    "activations in a row: issue 12": (lambda k: nk.serial(
+    "activations in a row: residual block": (lambda k: nk.serial(
         nk.Conv(k, (3, 3), stride=1, padding="same", W_std=2**0.5, b_std=0.1), nk.Relu(), nk.FanOut(2),
         nk.parallel(nk.serial(nk.Relu(), nk.Conv(k, (3, 3), padding="same")), nk.Identity()), nk.FanInSum(),
         nk.GlobalAvgPool(), nk.Dense(1, W_std=1.0, b_std=0.1)), "images"),  # fmt: skip
@@ -297,19 +297,19 @@ def test_fan_in_sum_of_correlated_branches_raises_where_it_would_be_wrong():
 # ------------------------------------------------------------------------- activations in a row
 
 
-def _issue_12(k, inner_relu=True):
+def _relu_then_residual(k, inner_relu=True):
     branch = nk.Conv(k, (3, 3), padding="same")
     return nk.serial(nk.Conv(k, (3, 3), stride=1, padding="same", W_std=2**0.5, b_std=0.1), nk.Relu(), nk.FanOut(2),
                      nk.parallel(nk.serial(nk.Relu(), branch) if inner_relu else branch, nk.Identity()),
                      nk.FanInSum(), nk.GlobalAvgPool(), nk.Dense(1, W_std=1.0, b_std=0.1))  # fmt: skip
 
 
-def test_issue_12_network_has_the_kernels_of_the_network_without_its_second_relu():
+def test_relu_after_relu_residual_has_the_kernels_of_the_network_without_its_second_relu():
     """Relu(Relu(h)) = Relu(h): the branch's Relu changes nothing, so the kernels are those of the
     same network without it (an independent path: no composition there)."""
     X, Z = inputs("images", 4, seed=20), inputs("images", 3, seed=21)
     for B in (None, Z):
-        with_it, without = _issue_12(8).kernels(X, B), _issue_12(8, inner_relu=False).kernels(X, B)
+        with_it, without = _relu_then_residual(8).kernels(X, B), _relu_then_residual(8, inner_relu=False).kernels(X, B)
         for get in ("nngp", "ntk"):
             torch.testing.assert_close(getattr(with_it, get), getattr(without, get), rtol=0, atol=1e-12)
 
@@ -452,7 +452,7 @@ def test_the_pre_activations_are_copied_only_where_an_activation_may_follow(monk
     assert not copies
     nk.serial(nk.Dense(4), nk.Relu(), nk.Abs(), nk.Erf(), nk.Dense(1)).kernels(X)
     assert len(copies) == 1  # the first Relu; the composites reuse its record
-    _issue_12(2).kernels(inputs("images", 2, seed=26))
+    _relu_then_residual(2).kernels(inputs("images", 2, seed=26))
     assert len(copies) == 2  # the Relu before the FanOut
 
 
