@@ -121,3 +121,17 @@ def test_elementwise_activation_in_float32_matches_float64():
         for a, b in zip(k32, k64):
             assert a.dtype == torch.float32
             torch.testing.assert_close(a.double(), b, rtol=1e-5, atol=1e-6)
+
+
+def test_tensor_pool_hands_out_only_free_whole_tensors():
+    from ntklib.layers.state import TensorPool
+
+    pool = TensorPool(capacity=2)
+    a, b = torch.empty(4, 3, dtype=F64), torch.empty(4, 3, dtype=F64)
+    pool.give(a, a[:2], a.T, torch.empty(4, 3, requires_grad=True), None)  # views and grad tensors are refused
+    pool.give(a)  # the same storage twice is kept once
+    assert pool.take((4, 3), b) is a
+    assert pool.take((4, 3), b) is not a  # taken: a new one now
+    pool.give(torch.empty(2, dtype=F64), torch.empty(3, dtype=F64), torch.empty(5, dtype=F64))
+    assert [tuple(t.shape) for t in pool._free] == [(3,), (5,)]  # at most capacity, the newest
+    assert pool.take((3,), torch.empty(0, dtype=torch.float32)).dtype == torch.float32  # dtypes must match

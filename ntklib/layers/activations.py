@@ -96,23 +96,24 @@ class Activation(Layer):
     def _gaussian_kernel(self, state: KernelState) -> KernelState:
         """The rule on Gaussian pre-activations (overwrites the state's tensors)."""
         q1, q2 = state.pixel_variances()
-        nngp, ntk, spare = self._dual_update(q1, q2, state)
+        nngp, ntk = self._dual_update(q1, q2, state)
         cov1 = None if state.cov1 is None else self._self_map(state.cov1, state)
         cov2 = None if state.cov2 is None else self._self_map(state.cov2, state)
         return state.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=self.linear,
-                             fresh=state.fresh and self.linear, spare=spare)  # fmt: skip
+                             fresh=state.fresh and self.linear)  # fmt: skip
 
-    def _dual_update(self, q1: Tensor, q2: Tensor, state: KernelState) -> tuple[Tensor, Tensor, Tensor | None]:
-        """(nngp, ntk) <- (E[phi(u) phi(v)], ntk E[phi'(u) phi'(v)]), and the next spare; in place,
-        writing only into the state's spare, when the dual map has such a form (the ReLU family)
-        and autograd does not track it."""
+    def _dual_update(self, q1: Tensor, q2: Tensor, state: KernelState) -> tuple[Tensor, Tensor]:
+        """(nngp, ntk) <- (E[phi(u) phi(v)], ntk E[phi'(u) phi'(v)]); in place with one scratch
+        tensor from the state's pool when the dual map has such a form (the ReLU family) and
+        autograd does not track it."""
         in_place = getattr(self.dual, "update", None)
         if in_place is not None and not tracks_grad(q1, q2, state.nngp, state.ntk):
             scratch = state.scratch_like(state.nngp)
             nngp, ntk = in_place(q1, q2, state.nngp, state.ntk, scratch, state.self_pairs if state.same else None)
-            return nngp, ntk, scratch
+            state.recycle(scratch)
+            return nngp, ntk
         nngp, derivative = self.dual(q1, q2, state.nngp)
-        return nngp, state.ntk.mul_(derivative), state.spare
+        return nngp, state.ntk.mul_(derivative)
 
     def _self_map(self, cov: Tensor, state: KernelState) -> Tensor:
         """The dual map of each input with itself: (n, *P) -> (n, *P)."""

@@ -18,7 +18,7 @@ from torch import Tensor
 
 from .._checks import as_inputs, positive_int
 from .base import Layer, LayerError, layout_for
-from .state import Kernels, KernelState
+from .state import Kernels, KernelState, TensorPool
 
 # Kernel entries per block (with pixel pairs counted): large enough that the Python overhead
 # per block is small, small enough that the elementwise passes of a block run in cache.
@@ -39,7 +39,7 @@ def compute_kernels(net: Layer, X: Tensor, Z: Tensor | None, block_size: int | N
                 "inputs need vector outputs; end it with Flatten() or GlobalAvgPool() (and a Dense readout)"
             )
     spatial = in_shape[1:]
-    layout = layout_for(net, spatial)
+    layout = layout_for(net, spatial)._replace(pool=TensorPool())
     pair_size = math.prod(spatial) ** (2 if layout.full else 1) if spatial else 1
     n, m = X.shape[0], Z.shape[0]
     if block_size is None:
@@ -57,6 +57,7 @@ def compute_kernels(net: Layer, X: Tensor, Z: Tensor | None, block_size: int | N
             for result, block in zip(results, _leaves(final)):
                 _check_finite(block, X, rows)
                 _store(result, block, rows, cols, symmetric, same)
+                block.recycle(block.nngp, block.ntk)  # stored: the next block may write into them
     return _nest(iter(results), out_shape)
 
 
@@ -101,7 +102,10 @@ def _store(result: Kernels, block: KernelState, rows: slice, cols: slice, symmet
             if values.requires_grad:  # W_std, b_std learnt by autograd (ntklib.gpytorch_kernels)
                 values = values * 0.5 + values.T * 0.5
             else:
-                values = torch.mul(values, 0.5, out=block.scratch_like(values)).add_(values.T, alpha=0.5)
+                scratch = block.scratch_like(values)
+                out[rows, cols] = torch.mul(values, 0.5, out=scratch).add_(values.T, alpha=0.5)
+                block.recycle(scratch)
+                continue
         out[rows, cols] = values
         if symmetric and not same:
             out[cols, rows] = values.T

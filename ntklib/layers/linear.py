@@ -77,10 +77,11 @@ class _Weighted(Layer):
         """The state after this layer from the features each output unit sees, (n, F, P)."""
         self._no_mup_kernel()
         spatial = out_shape[1:]
-        sigma = pair_gram(A, B, spatial, layout.full)
+        sigma = pair_gram(A, B, spatial, layout.full, layout.empty)
         cov1 = None if same else self_gram(A, spatial, layout.cov_full)
         cov2 = None if same else self_gram(B, spatial, layout.cov_full)
-        state = KernelState(sigma, sigma, cov1, cov2, in_shape, layout.full, same, cov_full=layout.cov_full)
+        state = KernelState(sigma, sigma, cov1, cov2, in_shape, layout.full, same, cov_full=layout.cov_full,
+                            pool=layout.pool)  # fmt: skip
         return self._affine(state, sigma, None, cov1, cov2, A.shape[1], 1, out_shape)
 
     def _affine(self, state, sigma, theta, cov1, cov2, fan_in: int, count: int, shape: tuple[int, ...]):
@@ -89,7 +90,7 @@ class _Weighted(Layer):
         W_var = self.W_std**2 / count  # W_std^2 times the mean
         b_var = 0.0 if self.b_std is None else self.b_std**2
         if self.parameterization == "ntk":
-            theta = sigma.clone() if theta is None else theta.add_(sigma)
+            theta = state.scratch_like(sigma).copy_(sigma) if theta is None else theta.add_(sigma)
             theta = _scale_shift(theta, W_var, b_var)
         else:
             mean_scale = fan_in / count
@@ -347,8 +348,11 @@ class Conv(_Weighted):
         fan_in = state.shape[0] * math.prod(self.filter_shape)
 
         def total(tensor: Tensor, full: bool) -> Tensor:
-            return window_sum(tensor, state.spatial, self.filter_shape, self.stride, self.padding, full, paired=True,
-                              scratch=state.spare)  # fmt: skip
+            scratch = None if tensor.requires_grad else state.scratch_like(tensor)
+            out = window_sum(tensor, state.spatial, self.filter_shape, self.stride, self.padding, full, paired=True,
+                             scratch=scratch)  # fmt: skip
+            state.recycle(scratch, None if out is tensor else tensor)
+            return out
 
         return self._update(state, fan_in, total, math.prod(self.filter_shape), out_shape)
 

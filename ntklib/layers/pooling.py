@@ -107,6 +107,7 @@ class GlobalAvgPool(Layer):
         out_shape = self.output_shape(state.shape)
         k = len(state.spatial)
         pooled = state.map_tensors(lambda tensor, full: pixel_pair_mean(tensor, k, True) if full else None)
+        state.recycle(state.nngp, state.ntk)  # the pixel pairs, for the next block's first layer
         return _pooled(pooled, out_shape)
 
     mixes_pixels = True
@@ -139,4 +140,5 @@ class Flatten(Layer):
             return state
         k = len(state.spatial)
         flat = state.map_tensors(lambda tensor, full: diagonal_mean(tensor, k, full))
+        state.recycle(state.nngp, state.ntk)  # the pixels, for the next block's first layer
         return flat.replace(shape=self.output_shape(state.shape), is_gaussian=False)

@@ -29,7 +29,7 @@ but those of an :class:`ActivationRecord`, which are shared and never written.
 from __future__ import annotations
 
 import dataclasses
-from typing import Any, NamedTuple
+from typing import Any, Callable, NamedTuple
 
 import torch
 from torch import Tensor
@@ -61,9 +61,8 @@ class KernelState:
             kernels of a FanInSum add up.
         variances_known: False after pooling when ``cov_full`` is False: no later layer needs
             them then (the driver checked), so they are not computed.
-        spare: a scratch tensor whose values mean nothing, which a kernel rule may write into
-            while it runs (never keep it as a result): recycling one saves fresh memory, whose
-            page faults cost as much as several passes over the kernel. None at the start.
+        pool: the :class:`TensorPool` of free block tensors that the rules of one ``kernels``
+            call share (None: every rule allocates).
         record: when the units are phi(h) elementwise with h Gaussian (an activation's output),
             phi and the state of h, kept only where a later activation may need them (see
             :class:`ActivationRecord`). :meth:`replace` drops it unless it is passed: it
@@ -81,16 +80,20 @@ class KernelState:
     fresh: bool = False
     cov_full: bool = False
     variances_known: bool = True
-    spare: Tensor | None = None
+    pool: TensorPool | None = None
     record: ActivationRecord | None = None
 
     def scratch_like(self, tensor: Tensor) -> Tensor:
-        """A tensor of ``tensor``'s shape, dtype and device with undefined values: the spare when
-        it fits, else new memory."""
-        spare = self.spare
-        if spare is not None and spare.shape == tensor.shape and spare.dtype == tensor.dtype and spare.device == tensor.device:
-            return spare
-        return torch.empty_like(tensor, memory_format=torch.contiguous_format)
+        """A contiguous tensor of ``tensor``'s shape, dtype and device with undefined values,
+        from the pool when it has one; return it with :meth:`recycle` once done."""
+        if self.pool is None:
+            return torch.empty_like(tensor, memory_format=torch.contiguous_format)
+        return self.pool.take(tuple(tensor.shape), tensor)
+
+    def recycle(self, *tensors: Tensor | None) -> None:
+        """Give tensors that nothing uses any more to the pool (no-op without one)."""
+        if self.pool is not None:
+            self.pool.give(*tensors)
 
     def replace(self, **changes: object) -> "KernelState":
         """A copy with ``changes``, without the activation record unless ``record=`` is given
@@ -142,9 +145,8 @@ class KernelState:
         return self.map_tensors(lambda t, _: t.clone()).replace(record=self.record)
 
     def snapshot(self) -> "KernelState":
-        """A copy to keep in an :class:`ActivationRecord`: tensors of its own, no record, no
-        spare (a scratch tensor is not to be kept)."""
-        return self.map_tensors(lambda t, _: t.clone()).replace(spare=None)
+        """A copy to keep in an :class:`ActivationRecord`: tensors of its own, no record."""
+        return self.map_tensors(lambda t, _: t.clone())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -179,23 +181,65 @@ def pixel_diagonal(cov: Tensor, spatial_ndim: int, full: bool) -> Tensor:
 
 
 class Layout(NamedTuple):
-    """Which pixel pairs a network's kernel state keeps (see :class:`KernelState`)."""
+    """Which pixel pairs a network's kernel state keeps (see :class:`KernelState`), and the pool
+    its block tensors come from."""
 
     full: bool  # nngp and ntk over all pixel pairs
     cov_full: bool  # the inputs' variances over all pixel pairs
+    pool: TensorPool | None = None
+
+    def empty(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """An uninitialised contiguous block tensor, from the pool when there is one."""
+        return like.new_empty(shape) if self.pool is None else self.pool.take(shape, like)
 
 
-def pair_gram(A: Tensor, B: Tensor, spatial: tuple[int, ...], full: bool) -> Tensor:
+class TensorPool:
+    """Free block tensors of one ``kernels`` call, reused by later layers and blocks.
+
+    A block's tensors have the same few shapes from block to block, and fresh memory costs page
+    faults: on the development machine a new 2 MiB block costs about as much as 15 passes over
+    one. A tensor given to the pool must not be used by its giver again; ``take`` removes it,
+    so no two users hold the same one. Only tensors that own their whole storage are kept, and
+    at most ``capacity`` of them.
+    """
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._free: list[Tensor] = []
+
+    def take(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
+        """A free tensor of ``shape`` with ``like``'s dtype and device, or a new one."""
+        for index, tensor in enumerate(self._free):
+            if tuple(tensor.shape) == shape and tensor.dtype == like.dtype and tensor.device == like.device:
+                return self._free.pop(index)
+        return like.new_empty(shape)
+
+    def give(self, *tensors: Tensor | None) -> None:
+        for tensor in tensors:
+            if (tensor is None or tensor.requires_grad or not tensor.is_contiguous() or tensor.storage_offset() != 0
+                    or tensor.untyped_storage().nbytes() != tensor.numel() * tensor.element_size()
+                    or any(tensor.untyped_storage().data_ptr() == kept.untyped_storage().data_ptr()
+                           for kept in self._free)):  # fmt: skip
+                continue
+            self._free.append(tensor)
+        del self._free[: max(0, len(self._free) - self.capacity)]
+
+
+def pair_gram(A: Tensor, B: Tensor, spatial: tuple[int, ...], full: bool,
+              empty: Callable[[tuple[int, ...], Tensor], Tensor] | None = None) -> Tensor:  # fmt: skip
     """sum_f A[i, f, p] B[j, f, q] / F: (n1, n2, *S, *S) over all pixel pairs, (n1, n2, *S) for
     p = q only, (n1, n2) for vectors.
 
     A: (n1, F, P), B: (n2, F, P) features per pixel (channels, or patches for a convolution);
-    P = 1 for vectors.
+    P = 1 for vectors. ``empty(shape, like)`` supplies the output's memory where it can be
+    written directly (:meth:`Layout.empty`; new memory by default).
     """
     n1, features, size = A.shape
     n2 = B.shape[0]
+    if empty is None or tracks_grad(A, B):  # out= is not differentiable
+        empty = _new_empty
     if size == 1:
-        return (A[:, :, 0] @ B[:, :, 0].T).div_(features).reshape(n1, n2, *spatial)
+        return torch.mm(A[:, :, 0], B[:, :, 0].T, out=empty((n1, n2), A)).div_(features).reshape(n1, n2, *spatial)
     if full:
         rows = A.transpose(1, 2).reshape(n1 * size, features)
         cols = B.transpose(1, 2).reshape(n2 * size, features)
@@ -205,7 +249,7 @@ def pair_gram(A: Tensor, B: Tensor, spatial: tuple[int, ...], full: bool) -> Ten
         # Few features (a first convolution of 1-3 channels): F broadcast products give the
         # (n1, n2, P) layout directly, where a batched matrix product over P would give P first
         # and leave every later pass over the kernel strided.
-        gram = A[:, None, 0, :] * B[None, :, 0, :]
+        gram = torch.mul(A[:, None, 0, :], B[None, :, 0, :], out=empty((n1, n2, size), A))
         for feature in range(1, features):
             gram.addcmul_(A[:, None, feature, :], B[None, :, feature, :])
     else:
@@ -214,6 +258,10 @@ def pair_gram(A: Tensor, B: Tensor, spatial: tuple[int, ...], full: bool) -> Ten
 
 
 _FEW_FEATURES = 32
+
+
+def _new_empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
+    return like.new_empty(shape)
 
 
 def self_gram(A: Tensor, spatial: tuple[int, ...], full: bool) -> Tensor:
@@ -234,11 +282,11 @@ def input_state(X: Tensor, Z: Tensor, same: bool, layout: Layout) -> KernelState
     A = X.reshape(X.shape[0], X.shape[1], -1)  # (n1, C, P); P = 1 for vectors
     B = Z.reshape(Z.shape[0], Z.shape[1], -1)
     full, cov_full = layout.full and bool(spatial), layout.cov_full and bool(spatial)
-    nngp = pair_gram(A, B, spatial, full)
+    nngp = pair_gram(A, B, spatial, full, layout.empty)
     cov1 = None if same else self_gram(A, spatial, cov_full)
     cov2 = None if same else self_gram(B, spatial, cov_full)
     return KernelState(nngp=nngp, ntk=torch.zeros_like(nngp), cov1=cov1, cov2=cov2, shape=tuple(X.shape[1:]),
-                       full=full, same=same, cov_full=cov_full)  # fmt: skip
+                       full=full, same=same, cov_full=cov_full, pool=layout.pool)  # fmt: skip
 
 
 def tracks_grad(*tensors: Tensor) -> bool:
