@@ -61,7 +61,8 @@ def _loop_window_sum_full(T: torch.Tensor, window: int) -> torch.Tensor:
     return out
 
 
-@pytest.mark.parametrize("window, padding", [((3, 3), "same"), ((2, 3), "same"), ((3, 2), "valid"), ((3, 3), "circular")])
+@pytest.mark.parametrize("window, padding", [((3, 3), "same"), ((2, 3), "same"), ((3, 2), "valid"), ((3, 3), "circular"),
+                                             ((1, 3), "same"), ((1, 1), "circular")])
 def test_window_sum_in_place_with_scratch_equals_a_convolution(window, padding):
     T = torch.randn(4, 3, 6, 5, dtype=F64, generator=torch.Generator().manual_seed(2))
     expected = _conv_window_sum_diagonal(T, window, padding)
