@@ -45,22 +45,25 @@ class Activation(Layer):
     Gaussian h, it is the rule of the elementwise composite phi o phi1 (``compose``) on
     the state of h, which the activation before it records for it (KernelState.record).
 
-    ``slopes`` = (a, b) marks the ReLU family phi(u) = a u (u < 0), b u (u > 0), which
-    composes in closed form.
+    ``slopes`` = (a, b) marks the ReLU family phi(u) = a u (u < 0), b u (u > 0), whose dual map
+    (:class:`ABReluDual`) holds them; it composes in closed form.
     """
 
     def __init__(self, name: str, fn: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor],
-                 dual: DualMap, *, linear: bool = False, options: str = "",
-                 slopes: tuple[float, float] | None = None) -> None:  # fmt: skip
+                 dual: DualMap, *, linear: bool = False, options: str = "") -> None:  # fmt: skip
         self.name = name
         self.fn = fn
         self.derivative = derivative
         self.dual = dual
         self.linear = linear  # phi(u) = u: Gaussian in, Gaussian out
         self._options = options
-        self.slopes = slopes
 
     uses_variances = True
+
+    @property
+    def slopes(self) -> tuple[float, float] | None:
+        """(a, b) for the ReLU family, None otherwise."""
+        return getattr(self.dual, "slopes", None)
 
     def __repr__(self) -> str:
         return f"{self.name}({self._options})"
@@ -165,6 +168,7 @@ class ABReluDual:
     """
 
     def __init__(self, a: float, b: float) -> None:
+        self.slopes = (a, b)
         self.half_sum_sq, self.gap_sq = (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi)
 
     def __call__(self, q_a: Tensor, q_b: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
@@ -243,12 +247,12 @@ def ABRelu(a: float, b: float) -> Activation:
     """phi(u) = a u for u < 0, b u for u >= 0 (a = b: linear; ReLU, leaky ReLU, ``|u|`` below)."""
     a, b = _real("a", a), _real("b", b)
     return Activation("ABRelu", _PiecewiseLinear(a, b, False), _PiecewiseLinear(a, b, True), ABReluDual(a, b),
-                      linear=a == b, options=f"a={a:g}, b={b:g}", slopes=(a, b))  # fmt: skip
+                      linear=a == b, options=f"a={a:g}, b={b:g}")  # fmt: skip
 
 
 def Relu() -> Activation:
     """phi(u) = max(u, 0) (arc-cosine kernel of degree 1, Cho & Saul 2009); phi'(0) = 0."""
-    return Activation("Relu", torch.relu, _PiecewiseLinear(0.0, 1.0, True), ABReluDual(0.0, 1.0), slopes=(0.0, 1.0))
+    return Activation("Relu", torch.relu, _PiecewiseLinear(0.0, 1.0, True), ABReluDual(0.0, 1.0))
 
 
 def LeakyRelu(slope: float = 0.01) -> Activation:
@@ -256,12 +260,12 @@ def LeakyRelu(slope: float = 0.01) -> Activation:
     slope = _real("slope", slope)
     return Activation("LeakyRelu", functools.partial(nn.functional.leaky_relu, negative_slope=slope),
                       _PiecewiseLinear(slope, 1.0, True), ABReluDual(slope, 1.0), linear=slope == 1.0,
-                      options=f"slope={slope:g}", slopes=(slope, 1.0))  # fmt: skip
+                      options=f"slope={slope:g}")  # fmt: skip
 
 
 def Abs() -> Activation:
     """phi(u) = ``|u|`` (sign(0) = 0, autograd's derivative at 0)."""
-    return Activation("Abs", torch.abs, torch.sign, ABReluDual(-1.0, 1.0), slopes=(-1.0, 1.0))
+    return Activation("Abs", torch.abs, torch.sign, ABReluDual(-1.0, 1.0))
 
 
 def _identity(h: Tensor) -> Tensor:
@@ -270,7 +274,7 @@ def _identity(h: Tensor) -> Tensor:
 
 def Linear() -> Activation:
     """phi(u) = u: a linear network's activation (keeps the units Gaussian)."""
-    return Activation("Linear", _identity, torch.ones_like, ABReluDual(1.0, 1.0), linear=True, slopes=(1.0, 1.0))
+    return Activation("Linear", _identity, torch.ones_like, ABReluDual(1.0, 1.0), linear=True)
 
 
 # ---------------------------------------------------------------------------------- erf, GELU
