@@ -46,7 +46,7 @@ class Activation(Layer):
     the state of h, which the activation before it records for it (KernelState.record).
 
     ``slopes`` = (a, b) marks the ReLU family phi(u) = a u (u < 0), b u (u > 0), whose dual map
-    (:class:`ABReluDual`) holds them; it composes in closed form.
+    (``ABReluDual``) holds them; it composes in closed form.
     """
 
     def __init__(self, name: str, fn: Callable[[Tensor], Tensor], derivative: Callable[[Tensor], Tensor],
