@@ -16,7 +16,7 @@ Each measurement runs in a fresh subprocess; its peak memory is the high-water m
 process's resident memory (VmHWM, reset through /proc/self/clear_refs after the imports and the
 inputs) minus the resident memory at that point, so imports do not count; the time is the median
 over repeats after one warm-up call (of the same size for neural-tangents, which compiles for
-each shape).
+each shape): at least ``--repeats`` of them, and more, up to 100, until they add up to a second.
 A configuration whose memory, projected from the previous n of the same library, would exceed
 the machine's is skipped and recorded as such. The two libraries' kernels are compared on the
 first 50 inputs before any timing. Writes benchmarks/results/cnn_kernels.json.
@@ -42,6 +42,7 @@ from machine import (  # benchmarks/machine.py: the script's folder is on sys.pa
 
 RESULTS = Path(__file__).parent / "results" / "cnn_kernels.json"
 READOUTS = ("gap", "flatten")
+MIN_SECONDS, MAX_REPEATS = 1.0, 100  # repeats: at least --repeats, and a second of runs in all
 
 
 def inputs(n: int, dtype: str, digits: bool):
@@ -102,7 +103,9 @@ def measure(library: str, readout: str, n: int, dtype: str, digits: bool, repeat
     run(x if library == "neural_tangents" else x[:50])  # warm-up; neural-tangents compiles per shape
     rss_before = reset_peak_memory()
     times = []
-    for _ in range(repeats):
+    # A fast configuration (tens of ms) repeats until it has run a second: a median of two would
+    # be at the mercy of one scheduler hiccup.
+    while len(times) < repeats or (sum(times) < MIN_SECONDS and len(times) < MAX_REPEATS):
         start = time.perf_counter()
         run(x)
         times.append(time.perf_counter() - start)

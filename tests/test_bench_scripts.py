@@ -36,6 +36,18 @@ def test_naive_analytic_baseline_computes_ntklibs_kernels():
         torch.testing.assert_close(ntk, reference.ntk, rtol=1e-10, atol=1e-10)
 
 
+def test_fused_reference_is_ntklibs_recursion_in_ntklibs_blocks():
+    """The "fused" reference, run eagerly (torch.compile only fuses it): uneven blocks on and
+    above the diagonal, mirrored, give ntklib's kernels."""
+    analytic = load("analytic_ntk")
+    X = torch.randn(40, 5, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    for depth, block in ((1, 40), (3, 7)):
+        nngp, ntk = analytic.blocked_relu_kernels(X, depth, block=block)
+        reference = nk.infinite_width_kernels(X, depth=depth, activation="relu")
+        torch.testing.assert_close(nngp, reference.nngp, rtol=1e-10, atol=1e-10)
+        torch.testing.assert_close(ntk, reference.ntk, rtol=1e-10, atol=1e-10)
+
+
 class FakeClock:
     """Stands in for the ``time`` and ``resource`` modules of a benchmark script: perf_counter
     steps through ``ticks``, and the resident-set peak (KiB) grows by ``grow_kib`` after the
@@ -58,7 +70,7 @@ def test_analytic_worker_reports_the_median_time_and_the_peak_growth(monkeypatch
     """Three timed repeats of 2, 5 and 3 s: the median is 3 s; a peak 3 MiB above the baseline
     reads 3.0 MiB. The clock is fake, so the worker's bookkeeping is checked, not the machine."""
     analytic = load("analytic_ntk")
-    for what in ("matmul", "ntklib", "naive"):
+    for what in ("matmul", "ntklib", "naive", "outputs"):
         clock = FakeClock([10.0, 12.0, 20.0, 25.0, 30.0, 33.0], grow_kib=3 * 1024)
         monkeypatch.setattr(analytic, "time", clock)
         monkeypatch.setattr(analytic, "resource", clock)

@@ -110,6 +110,18 @@ def test_in_place_update_equals_the_dual_map(a, b, dtype):
     assert float(nngp[2, 3]) == float(s[2, 3] * half) and float(ntk_out[2, 3]) == float(ntk[2, 3] * half)
 
 
+@pytest.mark.parametrize("a, b", [(0.0, 1.0), (-1.0, 1.0), (-0.5, 1.5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_variance_closed_form_equals_the_dual_map_of_an_input_with_itself(a, b, dtype):
+    """ABReluDual.variance(q) = (a^2 + b^2)/2 q against the dual map at s = q_a = q_b, through
+    its arccos (t = 0), from a zero variance to ones whose square overflows float32."""
+    q = torch.tensor([0.0, 1e-30, 0.3, 1.0, 7.5, 1e30], dtype=F64).to(dtype)
+    dual = ABReluDual(a, b)
+    expected = dual(q, q, q.clone())[0]
+    tol = 1e-6 if dtype == torch.float32 else 1e-15
+    torch.testing.assert_close(dual.variance(q), expected, rtol=tol, atol=0.0)
+
+
 def test_elementwise_activation_in_float32_matches_float64():
     """The Hermite coefficients are computed in float64: a float32 network with tanh neither
     raises (its tails are below float32's resolution) nor loses more than float32 rounding."""

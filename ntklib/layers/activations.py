@@ -122,7 +122,8 @@ class Activation(Layer):
         """The dual map of each input with itself: (n, *P) -> (n, *P)."""
         k = len(state.spatial)
         if not state.cov_full or k == 0:
-            return self.dual(cov, cov, cov.clone())[0]
+            variance = getattr(self.dual, "variance", None)  # a closed form of E[phi(u)^2]
+            return variance(cov) if variance is not None else self.dual(cov, cov, cov.clone())[0]
         q = pixel_diagonal(cov, k, True)  # (n, *S)
         ones = (1,) * k
         rows = q.reshape(q.shape[0], *state.spatial, *ones)
@@ -188,6 +189,10 @@ class ABReluDual:
         derivative = t.mul_(-self.gap_sq).add_(self.half_sum_sq)
         return nngp, derivative
 
+    def variance(self, q: Tensor) -> Tensor:
+        """E[phi(u)^2] for u ~ N(0, q): (a^2 + b^2) / 2 q, the dual map at s = q_a = q_b (t = 0)."""
+        return q * self.half_sum_sq
+
     def update(self, q_a: Tensor, q_b: Tensor, s: Tensor, ntk: Tensor, scratch: Tensor,
                self_pairs: Callable[[Tensor], Tensor] | None = None) -> tuple[Tensor, Tensor]:  # fmt: skip
         """The activation's kernel rule in place: s <- E[phi(u) phi(v)], ntk <- ntk E[phi'(u) phi'(v)].
@@ -200,7 +205,7 @@ class ABReluDual:
         """
         if self.half_sum_sq == 0.0:  # phi = 0
             return s.zero_(), ntk.zero_()
-        t = torch.div(s, _norms(q_a, q_b, out=scratch).clamp_min_(torch.finfo(s.dtype).tiny), out=scratch)
+        t = torch.div(s, _norms(q_a, q_b, out=scratch, divisor=True), out=scratch)
         t.clamp_(-1.0, 1.0)
         if self_pairs is not None:
             self_pairs(t).fill_(1.0)
@@ -212,23 +217,28 @@ class ABReluDual:
         return s.add_(t), ntk
 
 
-def _norms(q_a: Tensor, q_b: Tensor, out: Tensor | None = None) -> Tensor:
+def _norms(q_a: Tensor, q_b: Tensor, out: Tensor | None = None, *, divisor: bool = False) -> Tensor:
     """sqrt(q_a q_b) for broadcastable variances, the denominator of cos t = s / sqrt(q_a q_b).
 
     sqrt(q_a q_b), not sqrt(q_a) sqrt(q_b): for an input with itself (or a duplicate) sqrt(q^2) = q
     exactly, so cos t = 1 exactly there (arccos is infinitely sensitive at 1). Only where q_a q_b
     would overflow or underflow (float32 inputs of norm ~1e15 or ~1e-10, deep nets with large
     W_std) the product of the square roots is used. A zero variance (a zero input) gives a zero
-    norm: callers clamp the divisor.
+    norm; with ``divisor`` such norms are raised to the smallest normal number, so they divide.
     """
     limits = torch.finfo(q_a.dtype)
-    variances = torch.cat([q_a.detach().reshape(-1), q_b.detach().reshape(-1)])
-    positive = variances[variances > 0]
-    low = float(positive.min()) if positive.numel() else 1.0
-    high = float(variances.max())
-    if math.sqrt(limits.tiny) < low and high < math.sqrt(limits.max) / 2:
-        return torch.mul(q_a, q_b, out=out).sqrt_()
-    return torch.mul(q_a.sqrt(), q_b.sqrt(), out=out)
+    low_a, high_a, low_b, high_b = torch.stack([*torch.aminmax(q_a.detach()), *torch.aminmax(q_b.detach())]).tolist()
+    has_zero, low, high = min(low_a, low_b) <= 0.0, min(low_a, low_b), max(high_a, high_b)
+    if has_zero:  # the range that matters is that of the positive variances
+        variances = torch.cat([q_a.detach().reshape(-1), q_b.detach().reshape(-1)])
+        positive = variances[variances > 0]
+        low = float(positive.min()) if positive.numel() else 1.0
+    exact = math.sqrt(limits.tiny) < low and high < math.sqrt(limits.max) / 2
+    norms = torch.mul(q_a, q_b, out=out).sqrt_() if exact else torch.mul(q_a.sqrt(), q_b.sqrt(), out=out)
+    # sqrt(q_a q_b) >= low > 0 unless a variance is 0; a product of small roots may underflow
+    if divisor and (has_zero or not exact):
+        norms.clamp_min_(limits.tiny)
+    return norms
 
 
 class _PiecewiseLinear:

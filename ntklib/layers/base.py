@@ -79,8 +79,8 @@ class Layer:
             X: (n, d) vectors or ``(n, C, *S)`` images (channels first, S = (H, W) or (L,)).
             Z: (m, ...) inputs of the same per-input shape; None means X (then only the blocks
                 on and above the diagonal are computed and mirrored: K is exactly symmetric).
-            block_size: inputs per side of a block of input pairs (default: about 2^18 kernel
-                entries per block). The working memory is a few blocks of
+            block_size: inputs per side of a block of input pairs (default: the rows of X in
+                equal blocks of at most 2^18 kernel entries). The working memory is a few blocks of
                 ``block_size^2 |S|^2`` entries (full pixel pairs, when the network pools) or
                 ``block_size^2 |S|`` entries, whatever n and m are; the results are (n, m).
 

@@ -43,7 +43,9 @@ def compute_kernels(net: Layer, X: Tensor, Z: Tensor | None, block_size: int | N
     pair_size = math.prod(spatial) ** (2 if layout.full else 1) if spatial else 1
     n, m = X.shape[0], Z.shape[0]
     if block_size is None:
-        block_size = max(1, math.isqrt(BLOCK_ENTRIES // pair_size))
+        # Blocks of equal size: a thin last block would cost as many Python calls as a full one.
+        largest = max(1, math.isqrt(BLOCK_ENTRIES // pair_size))
+        block_size = -(-n // -(-n // largest))
     else:
         block_size = positive_int("block_size", block_size)
 
