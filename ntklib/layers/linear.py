@@ -90,14 +90,20 @@ class _Weighted(Layer):
         W_var = self.W_std**2 / count  # W_std^2 times the mean
         b_var = 0.0 if self.b_std is None else self.b_std**2
         if self.parameterization == "ntk":
-            theta = state.scratch_like(sigma).copy_(sigma) if theta is None else theta.add_(sigma)
-            theta = _scale_shift(theta, W_var, b_var)
+            # Theta' = W_var (Theta + Sigma) + b_var = W_var Theta + Sigma': one pass after Sigma'
+            sigma = _scale_shift(sigma, W_var, b_var)
+            if theta is None:
+                theta = state.scratch_like(sigma).copy_(sigma)
+            elif isinstance(W_var, Tensor):  # learnt W_std (ntklib.gpytorch_kernels): alpha is a number
+                theta = theta.mul_(W_var).add_(sigma)
+            else:
+                theta = torch.add(sigma, theta, alpha=W_var, out=theta)
         else:
             mean_scale = fan_in / count
             theta = sigma * mean_scale if theta is None else theta.mul_(W_var).add_(sigma, alpha=mean_scale)
             if self.b_std is not None:
                 theta.add_(1.0)
-        sigma = _scale_shift(sigma, W_var, b_var)
+            sigma = _scale_shift(sigma, W_var, b_var)
         cov1 = None if cov1 is None else _scale_shift(cov1, W_var, b_var)
         cov2 = None if cov2 is None else _scale_shift(cov2, W_var, b_var)
         return state.replace(nngp=sigma, ntk=theta, cov1=cov1, cov2=cov2, shape=shape, is_gaussian=True, fresh=True)
