@@ -122,6 +122,28 @@ def test_variance_closed_form_equals_the_dual_map_of_an_input_with_itself(a, b, 
     torch.testing.assert_close(dual.variance(q), expected, rtol=tol, atol=0.0)
 
 
+def test_quadrature_dual_maps_survive_variances_whose_product_overflows():
+    """float32 variances of about 1e20: q_a q_b overflows, sqrt(q_a) sqrt(q_b) does not. The
+    Hermite series of phi(u) = 2u gives 4 s; the polar quadrature of 2 relu(u) gives 4 times
+    the arc-cosine kernel (in float64 at a scale where nothing overflows, then scaled)."""
+    import ntklib as nk
+    from ntklib.layers.activations import compose
+
+    q = torch.tensor([[1.0], [2.0]], dtype=F64)
+    s = torch.tensor([[1.0, 0.5], [0.5, 2.0]], dtype=F64)
+    big = 1e20
+    q32, s32 = (q * big).float(), (s * big).float()
+    double = nk.Elementwise(lambda u: 2 * u, name="double")
+    nngp, derivative = double.dual(q32, q32.T, s32.clone())
+    torch.testing.assert_close(nngp.double(), 4 * s * big, rtol=1e-5, atol=0.0)
+    torch.testing.assert_close(derivative.double(), torch.full_like(s, 4.0), rtol=1e-5, atol=0.0)
+    composite = compose(nk.Relu(), double)
+    nngp, derivative = composite.dual(q32, q32.T, s32.clone())
+    arc_nngp, arc_derivative = ABReluDual(0.0, 1.0)(q, q.T, s.clone())
+    torch.testing.assert_close(nngp.double(), 4 * arc_nngp * big, rtol=1e-4, atol=0.0)
+    torch.testing.assert_close(derivative.double(), 4 * arc_derivative, rtol=1e-4, atol=0.0)
+
+
 def test_elementwise_activation_in_float32_matches_float64():
     """The Hermite coefficients are computed in float64: a float32 network with tanh neither
     raises (its tails are below float32's resolution) nor loses more than float32 rounding."""

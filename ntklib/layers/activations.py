@@ -30,7 +30,7 @@ from torch import Tensor, nn
 from .._checks import _real, positive_int
 from .base import Layer, LayerError
 from .quadrature import HermiteDual, PolarDual
-from .state import ActivationRecord, KernelState, pixel_diagonal, tracks_grad
+from .state import ActivationRecord, KernelState, pair_norms, pixel_diagonal, tracks_grad
 
 DualMap = Callable[[Tensor, Tensor, Tensor], tuple[Tensor, Tensor]]
 
@@ -173,7 +173,7 @@ class ABReluDual:
         self.half_sum_sq, self.gap_sq = (a * a + b * b) / 2, (a - b) ** 2 / (2 * math.pi)
 
     def __call__(self, q_a: Tensor, q_b: Tensor, s: Tensor) -> tuple[Tensor, Tensor]:
-        norms = _norms(q_a, q_b)
+        norms = pair_norms(q_a, q_b)
         if norms.shape != s.shape:
             norms = norms.expand_as(s)
         # (The clamped copy only divides: multiplying by the true norms keeps a zero input's
@@ -201,11 +201,11 @@ class ABReluDual:
         and ``scratch`` (a tensor of s's shape; fresh memory costs page faults):
         s (half - gap t) + gap sqrt(q_a) sqrt(q_b) sin t. ``self_pairs`` (for a block of the
         same inputs on both sides) gives the view of the entries pairing an input with itself,
-        whose cos t is 1 exactly even where ``_norms`` falls back to sqrt(q_a) sqrt(q_b).
+        whose cos t is 1 exactly even where ``pair_norms`` falls back to sqrt(q_a) sqrt(q_b).
         """
         if self.half_sum_sq == 0.0:  # phi = 0
             return s.zero_(), ntk.zero_()
-        t = torch.div(s, _norms(q_a, q_b, out=scratch, divisor=True), out=scratch)
+        t = torch.div(s, pair_norms(q_a, q_b, out=scratch, divisor=True), out=scratch)
         t.clamp_(-1.0, 1.0)
         if self_pairs is not None:
             self_pairs(t).fill_(1.0)
@@ -215,30 +215,6 @@ class ABReluDual:
             K.mul_(self.half_sum_sq).addcmul_(K, t, value=-self.gap_sq / self.half_sum_sq)
         t.sin_().mul_(q_a.sqrt() * self.gap_sq).mul_(q_b.sqrt())
         return s.add_(t), ntk
-
-
-def _norms(q_a: Tensor, q_b: Tensor, out: Tensor | None = None, *, divisor: bool = False) -> Tensor:
-    """sqrt(q_a q_b) for broadcastable variances, the denominator of cos t = s / sqrt(q_a q_b).
-
-    sqrt(q_a q_b), not sqrt(q_a) sqrt(q_b): for an input with itself (or a duplicate) sqrt(q^2) = q
-    exactly, so cos t = 1 exactly there (arccos is infinitely sensitive at 1). Only where q_a q_b
-    would overflow or underflow (float32 inputs of norm ~1e15 or ~1e-10, deep nets with large
-    W_std) the product of the square roots is used. A zero variance (a zero input) gives a zero
-    norm; with ``divisor`` such norms are raised to the smallest normal number, so they divide.
-    """
-    limits = torch.finfo(q_a.dtype)
-    low_a, high_a, low_b, high_b = torch.stack([*torch.aminmax(q_a.detach()), *torch.aminmax(q_b.detach())]).tolist()
-    has_zero, low, high = min(low_a, low_b) <= 0.0, min(low_a, low_b), max(high_a, high_b)
-    if has_zero:  # the range that matters is that of the positive variances
-        variances = torch.cat([q_a.detach().reshape(-1), q_b.detach().reshape(-1)])
-        positive = variances[variances > 0]
-        low = float(positive.min()) if positive.numel() else 1.0
-    exact = math.sqrt(limits.tiny) < low and high < math.sqrt(limits.max) / 2
-    norms = torch.mul(q_a, q_b, out=out).sqrt_() if exact else torch.mul(q_a.sqrt(), q_b.sqrt(), out=out)
-    # sqrt(q_a q_b) >= low > 0 unless a variance is 0; a product of small roots may underflow
-    if divisor and (has_zero or not exact):
-        norms.clamp_min_(limits.tiny)
-    return norms
 
 
 class _PiecewiseLinear:

@@ -19,7 +19,7 @@ import torch
 from torch import Tensor
 
 from .base import LayerError
-from .state import tracks_grad
+from .state import pair_norms, tracks_grad
 
 
 @functools.lru_cache(maxsize=8)
@@ -120,8 +120,7 @@ class HermiteDual:
                 "(its Hermite coefficients are computed once per distinct variance); use a closed-form activation "
                 "(Relu, LeakyRelu, Abs, Erf, Gelu) or numbers for W_std and b_std"
             )
-        norms = torch.mul(q_a, q_b).sqrt_()
-        rho = torch.div(s, norms.clamp_min(torch.finfo(s.dtype).tiny)).clamp_(-1.0, 1.0)
+        rho = torch.div(s, pair_norms(q_a, q_b, divisor=True)).clamp_(-1.0, 1.0)
         return (self._series(q_a, q_b, rho, self.fn, "phi"),
                 self._series(q_a, q_b, rho, self.derivative, "phi'"))  # fmt: skip
 
@@ -217,8 +216,7 @@ class PolarDual:
                              "and b_std (they come from a quadrature); use numbers for W_std and b_std")  # fmt: skip
         shape = torch.broadcast_shapes(q_a.shape, q_b.shape, s.shape)
         flat = lambda tensor: tensor.expand(shape).reshape(-1)  # noqa: E731
-        # sqrt(q_a q_b) as in ABReluDual: cos t = 1 exactly for an input with itself.
-        norms = flat(torch.mul(q_a, q_b).sqrt_()).clamp_min(torch.finfo(s.dtype).tiny)
+        norms = flat(pair_norms(q_a, q_b, divisor=True))  # cos t = 1 exactly for an input with itself
         t = torch.arccos((flat(s) / norms).clamp_(-1.0, 1.0))
         root_a, root_b = flat(q_a.clamp_min(0).sqrt()), flat(q_b.clamp_min(0).sqrt())
         coarse = self._integrate(root_a, root_b, t, self.levels[0])

@@ -29,6 +29,7 @@ but those of an :class:`ActivationRecord`, which are shared and never written.
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, Callable, NamedTuple
 
 import torch
@@ -287,6 +288,30 @@ def input_state(X: Tensor, Z: Tensor, same: bool, layout: Layout) -> KernelState
     cov2 = None if same else self_gram(B, spatial, cov_full)
     return KernelState(nngp=nngp, ntk=torch.zeros_like(nngp), cov1=cov1, cov2=cov2, shape=tuple(X.shape[1:]),
                        full=full, same=same, cov_full=cov_full, pool=layout.pool)  # fmt: skip
+
+
+def pair_norms(q_a: Tensor, q_b: Tensor, out: Tensor | None = None, *, divisor: bool = False) -> Tensor:
+    """sqrt(q_a q_b) for broadcastable variances, the denominator of cos t = s / sqrt(q_a q_b).
+
+    sqrt(q_a q_b), not sqrt(q_a) sqrt(q_b): for an input with itself (or a duplicate) sqrt(q^2) = q
+    exactly, so cos t = 1 exactly there (arccos is infinitely sensitive at 1). Only where q_a q_b
+    would overflow or underflow (float32 inputs of norm ~1e15 or ~1e-10, deep nets with large
+    W_std) the product of the square roots is used. A zero variance (a zero input) gives a zero
+    norm; with ``divisor`` such norms are raised to the smallest normal number, so they divide.
+    """
+    limits = torch.finfo(q_a.dtype)
+    low_a, high_a, low_b, high_b = torch.stack([*torch.aminmax(q_a.detach()), *torch.aminmax(q_b.detach())]).tolist()
+    has_zero, low, high = min(low_a, low_b) <= 0.0, min(low_a, low_b), max(high_a, high_b)
+    if has_zero:  # the range that matters is that of the positive variances
+        variances = torch.cat([q_a.detach().reshape(-1), q_b.detach().reshape(-1)])
+        positive = variances[variances > 0]
+        low = float(positive.min()) if positive.numel() else 1.0
+    exact = math.sqrt(limits.tiny) < low and high < math.sqrt(limits.max) / 2
+    norms = torch.mul(q_a, q_b, out=out).sqrt_() if exact else torch.mul(q_a.sqrt(), q_b.sqrt(), out=out)
+    # sqrt(q_a q_b) >= low > 0 unless a variance is 0; a product of small roots may underflow
+    if divisor and (has_zero or not exact):
+        norms.clamp_min_(limits.tiny)
+    return norms
 
 
 def tracks_grad(*tensors: Tensor) -> bool:
