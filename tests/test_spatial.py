@@ -42,6 +42,24 @@ def test_pixelwise_gram_is_einsum_and_contiguous(features):
     assert gram.is_contiguous()  # every later pass over the kernel runs on it
 
 
+@pytest.mark.parametrize("with_pool", [False, True])
+def test_gram_over_all_pixel_pairs_is_einsum_and_contiguous(with_pool):
+    """The full layout: one matrix product rearranged to (n1, n2, *S, *S); with a pool, the
+    product's memory is handed back to it once the rearranged copy exists."""
+    from ntklib.layers.state import TensorPool
+
+    gen = torch.Generator().manual_seed(6)
+    A, B = torch.randn(6, 9, 12, dtype=F64, generator=gen), torch.randn(5, 9, 12, dtype=F64, generator=gen)
+    pool = TensorPool() if with_pool else None
+    gram = pair_gram(A, B, (3, 4), full=True, pool=pool)
+    expected = torch.einsum("ifp,jfq->ijpq", A, B).reshape(6, 5, 3, 4, 3, 4) / 9
+    torch.testing.assert_close(gram, expected, rtol=1e-14, atol=1e-14)
+    assert gram.is_contiguous()
+    if with_pool:
+        (product,) = pool._free
+        assert product.shape == (6 * 12, 5 * 12) and product.data_ptr() != gram.data_ptr()
+
+
 def _conv_window_sum_diagonal(T: torch.Tensor, window: tuple[int, int], padding: str) -> torch.Tensor:
     """Reference for the diagonal layout: a convolution of every (i, j) image with a window of ones."""
     batch, (H, W) = T.shape[:-2], T.shape[-2:]

@@ -77,7 +77,7 @@ class _Weighted(Layer):
         """The state after this layer from the features each output unit sees, (n, F, P)."""
         self._no_mup_kernel()
         spatial = out_shape[1:]
-        sigma = pair_gram(A, B, spatial, layout.full, layout.empty)
+        sigma = pair_gram(A, B, spatial, layout.full, layout.pool)
         cov1 = None if same else self_gram(A, spatial, layout.cov_full)
         cov2 = None if same else self_gram(B, spatial, layout.cov_full)
         state = KernelState(sigma, sigma, cov1, cov2, in_shape, layout.full, same, cov_full=layout.cov_full,

@@ -189,10 +189,6 @@ class Layout(NamedTuple):
     cov_full: bool  # the inputs' variances over all pixel pairs
     pool: TensorPool | None = None
 
-    def empty(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """An uninitialised contiguous block tensor, from the pool when there is one."""
-        return like.new_empty(shape) if self.pool is None else self.pool.take(shape, like)
-
 
 class TensorPool:
     """Free block tensors of one ``kernels`` call, reused by later layers and blocks.
@@ -226,31 +222,37 @@ class TensorPool:
         del self._free[: max(0, len(self._free) - self.capacity)]
 
 
-def pair_gram(A: Tensor, B: Tensor, spatial: tuple[int, ...], full: bool,
-              empty: Callable[[tuple[int, ...], Tensor], Tensor] | None = None) -> Tensor:  # fmt: skip
+def pair_gram(A: Tensor, B: Tensor, spatial: tuple[int, ...], full: bool, pool: TensorPool | None = None) -> Tensor:
     """sum_f A[i, f, p] B[j, f, q] / F: (n1, n2, *S, *S) over all pixel pairs, (n1, n2, *S) for
     p = q only, (n1, n2) for vectors.
 
     A: (n1, F, P), B: (n2, F, P) features per pixel (channels, or patches for a convolution);
-    P = 1 for vectors. ``empty(shape, like)`` supplies the output's memory where it can be
-    written directly (:meth:`Layout.empty`; new memory by default).
+    P = 1 for vectors. The output, and the matrix product it is rearranged from, come from
+    ``pool`` when there is one (new memory otherwise).
     """
     n1, features, size = A.shape
     n2 = B.shape[0]
-    if empty is None or tracks_grad(A, B):  # out= is not differentiable
-        empty = _new_empty
+    pool = pool if pool is not None else TensorPool(capacity=0)
+    tracking = tracks_grad(A, B)
+
+    def out(*shape: int) -> Tensor | None:
+        return None if tracking else pool.take(shape, A)  # out= is not differentiable
+
     if size == 1:
-        return torch.mm(A[:, :, 0], B[:, :, 0].T, out=empty((n1, n2), A)).div_(features).reshape(n1, n2, *spatial)
+        return torch.mm(A[:, :, 0], B[:, :, 0].T, out=out(n1, n2)).div_(features).reshape(n1, n2, *spatial)
     if full:
         rows = A.transpose(1, 2).reshape(n1 * size, features)
         cols = B.transpose(1, 2).reshape(n2 * size, features)
-        gram = (rows @ cols.T).div_(features).view(n1, size, n2, size).transpose(1, 2)  # (n1, n2, P, P)
-        return gram.reshape(n1, n2, *spatial, *spatial)
+        product = torch.mm(rows, cols.T, out=out(n1 * size, n2 * size))
+        # (n1 P, n2 P) -> (n1, n2, P, P), divided on the way: one pass, then the product is free
+        gram = torch.div(product.view(n1, size, n2, size).transpose(1, 2), features, out=out(n1, n2, size, size))
+        pool.give(product)
+        return gram.view(n1, n2, *spatial, *spatial)
     if features <= _FEW_FEATURES:
         # Few features (a first convolution of 1-3 channels): F broadcast products give the
         # (n1, n2, P) layout directly, where a batched matrix product over P would give P first
         # and leave every later pass over the kernel strided.
-        gram = torch.mul(A[:, None, 0, :], B[None, :, 0, :], out=empty((n1, n2, size), A))
+        gram = torch.mul(A[:, None, 0, :], B[None, :, 0, :], out=out(n1, n2, size))
         for feature in range(1, features):
             gram.addcmul_(A[:, None, feature, :], B[None, :, feature, :])
     else:
@@ -259,10 +261,6 @@ def pair_gram(A: Tensor, B: Tensor, spatial: tuple[int, ...], full: bool,
 
 
 _FEW_FEATURES = 32
-
-
-def _new_empty(shape: tuple[int, ...], like: Tensor) -> Tensor:
-    return like.new_empty(shape)
 
 
 def self_gram(A: Tensor, spatial: tuple[int, ...], full: bool) -> Tensor:
@@ -283,7 +281,7 @@ def input_state(X: Tensor, Z: Tensor, same: bool, layout: Layout) -> KernelState
     A = X.reshape(X.shape[0], X.shape[1], -1)  # (n1, C, P); P = 1 for vectors
     B = Z.reshape(Z.shape[0], Z.shape[1], -1)
     full, cov_full = layout.full and bool(spatial), layout.cov_full and bool(spatial)
-    nngp = pair_gram(A, B, spatial, full, layout.empty)
+    nngp = pair_gram(A, B, spatial, full, layout.pool)
     cov1 = None if same else self_gram(A, spatial, cov_full)
     cov2 = None if same else self_gram(B, spatial, cov_full)
     return KernelState(nngp=nngp, ntk=torch.zeros_like(nngp), cov1=cov1, cov2=cov2, shape=tuple(X.shape[1:]),
