@@ -188,3 +188,11 @@ def test_tensor_pool_hands_out_only_free_whole_tensors():
     pool.give(torch.empty(2, dtype=F64), torch.empty(3, dtype=F64), torch.empty(5, dtype=F64))
     assert [tuple(t.shape) for t in pool._free] == [(3,), (5,)]  # at most capacity, the newest
     assert pool.take((3,), torch.empty(0, dtype=torch.float32)).dtype == torch.float32  # dtypes must match
+    # Any free tensor of as many entries serves, viewed in the shape asked for; the view owns
+    # the whole storage, so it goes back to the pool like the original.
+    c = torch.empty(4, 6, dtype=F64)
+    pool.give(c)
+    d = pool.take((3, 8), b)
+    assert d.shape == (3, 8) and d.data_ptr() == c.data_ptr() and c.data_ptr() not in [t.data_ptr() for t in pool._free]
+    pool.give(d)
+    assert pool.take((24,), b).data_ptr() == c.data_ptr()

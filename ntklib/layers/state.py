@@ -205,10 +205,14 @@ class TensorPool:
         self._free: list[Tensor] = []
 
     def take(self, shape: tuple[int, ...], like: Tensor) -> Tensor:
-        """A free tensor of ``shape`` with ``like``'s dtype and device, or a new one."""
+        """A free tensor of ``shape`` with ``like``'s dtype and device, or a new one. Any free
+        tensor of as many entries will do (viewed as ``shape``): a first layer's Gram over
+        (n1, n2, H W) pixels is a later layer's (n1, n2, H, W) block."""
+        numel = math.prod(shape)
         for index, tensor in enumerate(self._free):
-            if tuple(tensor.shape) == shape and tensor.dtype == like.dtype and tensor.device == like.device:
-                return self._free.pop(index)
+            if tensor.numel() == numel and tensor.dtype == like.dtype and tensor.device == like.device:
+                tensor = self._free.pop(index)
+                return tensor if tuple(tensor.shape) == shape else tensor.view(shape)
         return like.new_empty(shape)
 
     def give(self, *tensors: Tensor | None) -> None:
