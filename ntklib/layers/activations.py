@@ -213,8 +213,8 @@ class ABReluDual:
         # K (half - gap t) as K half (1 - gap t / half): in place, K being both factors
         for K in (ntk, s):
             K.mul_(self.half_sum_sq).addcmul_(K, t, value=-self.gap_sq / self.half_sum_sq)
-        t.sin_().mul_(q_a.sqrt() * self.gap_sq).mul_(q_b.sqrt())
-        return s.add_(t), ntk
+        t.sin_().mul_(q_a.sqrt() * self.gap_sq)
+        return s.addcmul_(t, q_b.sqrt()), ntk
 
 
 class _PiecewiseLinear:
