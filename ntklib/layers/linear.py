@@ -30,7 +30,7 @@ from torch.nn import functional as F
 from .._checks import PARAMETERIZATIONS, check_parameterization, nonnegative_real, nonnegative_scale, positive_int
 from .base import Layer, LayerError
 from .spatial import PADDINGS, pad_images, padding_amounts, patches, window_sum
-from .state import KernelState, pair_gram, self_gram
+from .state import KernelState, TensorPool, pair_gram, self_gram
 
 
 def _normal(shape: tuple[int, ...], std: float, generator: torch.Generator | None, dtype: torch.dtype,
@@ -367,10 +367,36 @@ class Conv(_Weighted):
         covariance is a Gram matrix of image patches, one matrix product instead of passes over
         pixel pairs."""
         out_shape = self.output_shape(tuple(X.shape[1:]))
+        if not layout.full and not layout.cov_full:
+            return self._diagonal_from_pixels(X, Z, same, layout, out_shape)
         patches_x = patches(X, self.filter_shape, self.stride, self.padding)  # (n1, C F, P)
         patches_z = patches_x if same else patches(Z, self.filter_shape, self.stride, self.padding)
         return self._from_features(patches_x, patches_z, same, layout, out_shape, tuple(X.shape[1:]))
 
+
+    def _diagonal_from_pixels(self, X: Tensor, Z: Tensor, same: bool, layout, out_shape):
+        """Only equal pixels of two images meet (no pooling later): the filter-window sum of
+        the inputs' pixel-wise Gram, C products and then a few window passes, replaces the Gram
+        of C F patch features, one product per feature (for 3 x 3 filters on 3 channels 9
+        passes over the block instead of 27). Both give sums over the window, divided in the
+        affine step (count = F)."""
+        in_shape, spatial = tuple(X.shape[1:]), tuple(X.shape[2:])
+        pool = layout.pool if layout.pool is not None else TensorPool(capacity=0)
+        A, B = X.flatten(2), Z.flatten(2)  # (n, C, P)
+
+        def window(tensor: Tensor) -> Tensor:
+            scratch = pool.take(tuple(tensor.shape), tensor)
+            out = window_sum(tensor, spatial, self.filter_shape, self.stride, self.padding, False, paired=True,
+                             scratch=scratch)  # fmt: skip
+            pool.give(scratch, None if out is tensor else tensor)
+            return out
+
+        sigma = window(pair_gram(A, B, spatial, False, pool))
+        cov1 = None if same else window(self_gram(A, spatial, False))
+        cov2 = None if same else window(self_gram(B, spatial, False))
+        state = KernelState(sigma, sigma, cov1, cov2, in_shape, False, same, cov_full=False, pool=layout.pool)
+        count = math.prod(self.filter_shape)
+        return self._affine(state, sigma, None, cov1, cov2, X.shape[1] * count, count, out_shape)
 
 
 class ConvModule(WeightModule):
