@@ -354,13 +354,22 @@ class Conv(_Weighted):
         fan_in = state.shape[0] * math.prod(self.filter_shape)
 
         def total(tensor: Tensor, full: bool) -> Tensor:
-            scratch = None if tensor.requires_grad else state.scratch_like(tensor)
-            out = window_sum(tensor, state.spatial, self.filter_shape, self.stride, self.padding, full, paired=True,
-                             scratch=scratch)  # fmt: skip
-            state.recycle(scratch, None if out is tensor else tensor)
-            return out
+            return self._window_total(tensor, state.spatial, full, state.pool)
 
         return self._update(state, fan_in, total, math.prod(self.filter_shape), out_shape)
+
+    def _window_total(self, tensor: Tensor, spatial: tuple[int, ...], full: bool, pool: TensorPool | None) -> Tensor:
+        """The sum over the filter window, in place (reading a copy in a scratch tensor from
+        ``pool``) where the output keeps the input's size; the tensors it frees go to ``pool``."""
+        scratch = None
+        if not tensor.requires_grad:
+            scratch = torch.empty_like(tensor, memory_format=torch.contiguous_format) if pool is None else \
+                pool.take(tuple(tensor.shape), tensor)  # fmt: skip
+        out = window_sum(tensor, spatial, self.filter_shape, self.stride, self.padding, full, paired=True,
+                         scratch=scratch)  # fmt: skip
+        if pool is not None:
+            pool.give(scratch, None if out is tensor else tensor)
+        return out
 
     def kernel_of_inputs(self, X: Tensor, Z: Tensor, same: bool, layout):
         """The kernel rule applied to the inputs directly: the filter-window mean of the inputs'
@@ -380,16 +389,11 @@ class Conv(_Weighted):
         of C F patch features, one product per feature (for 3 x 3 filters on 3 channels 9
         passes over the block instead of 27). Both give sums over the window, divided in the
         affine step (count = F)."""
-        in_shape, spatial = tuple(X.shape[1:]), tuple(X.shape[2:])
-        pool = layout.pool if layout.pool is not None else TensorPool(capacity=0)
+        in_shape, spatial, pool = tuple(X.shape[1:]), tuple(X.shape[2:]), layout.pool
         A, B = X.flatten(2), Z.flatten(2)  # (n, C, P)
 
         def window(tensor: Tensor) -> Tensor:
-            scratch = pool.take(tuple(tensor.shape), tensor)
-            out = window_sum(tensor, spatial, self.filter_shape, self.stride, self.padding, False, paired=True,
-                             scratch=scratch)  # fmt: skip
-            pool.give(scratch, None if out is tensor else tensor)
-            return out
+            return self._window_total(tensor, spatial, False, pool)
 
         sigma = window(pair_gram(A, B, spatial, False, pool))
         cov1 = None if same else window(self_gram(A, spatial, False))
