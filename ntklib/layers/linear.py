@@ -361,14 +361,11 @@ class Conv(_Weighted):
     def _window_total(self, tensor: Tensor, spatial: tuple[int, ...], full: bool, pool: TensorPool | None) -> Tensor:
         """The sum over the filter window, in place (reading a copy in a scratch tensor from
         ``pool``) where the output keeps the input's size; the tensors it frees go to ``pool``."""
-        scratch = None
-        if not tensor.requires_grad:
-            scratch = torch.empty_like(tensor, memory_format=torch.contiguous_format) if pool is None else \
-                pool.take(tuple(tensor.shape), tensor)  # fmt: skip
+        pool = pool if pool is not None else TensorPool(capacity=0)  # new memory, nothing kept
+        scratch = None if tensor.requires_grad else pool.take(tuple(tensor.shape), tensor)
         out = window_sum(tensor, spatial, self.filter_shape, self.stride, self.padding, full, paired=True,
                          scratch=scratch)  # fmt: skip
-        if pool is not None:
-            pool.give(scratch, None if out is tensor else tensor)
+        pool.give(scratch, None if out is tensor else tensor)
         return out
 
     def kernel_of_inputs(self, X: Tensor, Z: Tensor, same: bool, layout):
@@ -381,7 +378,6 @@ class Conv(_Weighted):
         patches_x = patches(X, self.filter_shape, self.stride, self.padding)  # (n1, C F, P)
         patches_z = patches_x if same else patches(Z, self.filter_shape, self.stride, self.padding)
         return self._from_features(patches_x, patches_z, same, layout, out_shape, tuple(X.shape[1:]))
-
 
     def _diagonal_from_pixels(self, X: Tensor, Z: Tensor, same: bool, layout, out_shape):
         """Only equal pixels of two images meet (no pooling later): the filter-window sum of
@@ -398,7 +394,7 @@ class Conv(_Weighted):
         sigma = window(pair_gram(A, B, spatial, False, pool))
         cov1 = None if same else window(self_gram(A, spatial, False))
         cov2 = None if same else window(self_gram(B, spatial, False))
-        state = KernelState(sigma, sigma, cov1, cov2, in_shape, False, same, cov_full=False, pool=layout.pool)
+        state = KernelState(sigma, sigma, cov1, cov2, in_shape, False, same, cov_full=False, pool=pool)
         count = math.prod(self.filter_shape)
         return self._affine(state, sigma, None, cov1, cov2, X.shape[1] * count, count, out_shape)
 
